@@ -1,0 +1,154 @@
+//! What the HTTP layer calls: validation and recording of new deployments,
+//! reads of the replicated tables, and the sites being served.
+
+use crate::metrics::NodeMetrics;
+use crate::model::DeploymentRecord;
+use crate::site::Sites;
+use crate::state::{Level, State};
+use crate::validate;
+use p2p::Hlc;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::sync::{broadcast, mpsc};
+use web::{ApiError, DeploymentView, Event, LogLine, NewDeployment, Status};
+
+pub struct NodeBackend {
+    pub state: Arc<State>,
+    pub sites: Sites,
+    pub metrics: Arc<NodeMetrics>,
+    pub admin_token: String,
+    pub site_domain: String,
+    pub sites_port: u16,
+    pub allow_local: bool,
+    /// Set once start-up recovery is done.
+    pub ready: AtomicBool,
+    /// Nudges the build worker.
+    pub wake: mpsc::Sender<()>,
+}
+
+fn internal(err: impl std::fmt::Display) -> ApiError {
+    ApiError::internal(err.to_string())
+}
+
+fn invalid(e: validate::Invalid) -> ApiError {
+    ApiError::bad_request(e.code(), e.to_string())
+}
+
+impl NodeBackend {
+    pub fn live_url(&self, name: &str) -> String {
+        match self.sites_port {
+            80 => format!("http://{name}.{}/", self.site_domain),
+            port => format!("http://{name}.{}:{port}/", self.site_domain),
+        }
+    }
+}
+
+impl web::Backend for NodeBackend {
+    fn create_deployment(&self, req: NewDeployment) -> Result<DeploymentView, ApiError> {
+        let url = validate::repo_url(&req.repo_url, self.allow_local).map_err(invalid)?;
+        let name = match req.name.as_deref().map(str::trim).filter(|n| !n.is_empty()) {
+            Some(n) => validate::name(n),
+            None => validate::default_name(url.as_str()),
+        }
+        .map_err(invalid)?;
+        let git_ref = req
+            .git_ref
+            .as_deref()
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .map(validate::git_ref)
+            .transpose()
+            .map_err(invalid)?;
+        let commit = req
+            .commit
+            .as_deref()
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(validate::commit)
+            .transpose()
+            .map_err(invalid)?;
+        let now = self.state.now_ms();
+        let rec = DeploymentRecord {
+            id: ulid::Ulid::new().to_string(),
+            live_url: self.live_url(&name),
+            name,
+            repo_url: url.as_str().to_owned(),
+            git_ref,
+            commit,
+            status: Status::Queued,
+            builder: None,
+            epoch: 0,
+            lease_until_ms: 0,
+            artifact: None,
+            created_at_ms: now,
+            error: None,
+            stamp: Hlc::default(),
+            writer: String::new(),
+        };
+        let rec = self.state.put(rec).map_err(internal)?;
+        self.state.log(
+            &rec.id,
+            "queue",
+            Level::Info,
+            &format!("queued by peer {}", self.state.peer),
+        );
+        let _ = self.wake.try_send(());
+        Ok(rec.to_view())
+    }
+
+    fn deployments(&self) -> Result<Vec<DeploymentView>, ApiError> {
+        Ok(self
+            .state
+            .deployments()
+            .map_err(internal)?
+            .iter()
+            .map(DeploymentRecord::to_view)
+            .collect())
+    }
+
+    fn deployment(&self, id: &str) -> Result<Option<DeploymentView>, ApiError> {
+        Ok(self
+            .state
+            .deployment(id)
+            .map_err(internal)?
+            .map(|r| r.to_view()))
+    }
+
+    fn logs(&self, id: &str) -> Result<Option<Vec<LogLine>>, ApiError> {
+        if self.state.deployment(id).map_err(internal)?.is_none() {
+            return Ok(None);
+        }
+        self.state.logs(id).map(Some).map_err(internal)
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.state.subscribe()
+    }
+
+    fn site_root(&self, name: &str) -> Option<PathBuf> {
+        validate::name(name).ok()?;
+        self.sites.current_dir(name)
+    }
+
+    fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    fn ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    fn site_domain(&self) -> &str {
+        &self.site_domain
+    }
+
+    fn metrics(&self) -> String {
+        let counts = self.state.status_counts().unwrap_or_default();
+        let rows: Vec<_> = Status::ALL
+            .iter()
+            .map(|s| (s.as_str(), counts.get(s).copied().unwrap_or(0)))
+            .collect();
+        self.metrics.render(&rows)
+    }
+}

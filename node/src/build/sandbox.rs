@@ -1,0 +1,323 @@
+//! Running a build step in a sandbox: bubblewrap (new namespaces, no
+//! capabilities, its own session, dies with the peer, read-only system, only
+//! the checkout and a size-capped /tmp writable, cleared environment) inside
+//! a cgroup that caps memory and processes, under a deadline. Output lines go
+//! to the deployment log, each line and the total bounded.
+
+use super::cgroup::{Cgroup, CgroupRoot};
+use super::detect::Cmd;
+use super::Logger;
+use crate::state::Level;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Instant;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+use tokio::sync::watch;
+
+/// System directories visible (read-only) inside the sandbox.
+const SYSTEM_DIRS: &[&str] = &[
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc", "/opt",
+];
+/// PATH inside the sandbox.
+pub const SANDBOX_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Longest output line kept; longer lines are cut.
+const MAX_LINE: usize = 4096;
+
+/// How this peer runs builds.
+#[derive(Debug, Clone)]
+pub enum Isolation {
+    Bwrap {
+        bwrap: PathBuf,
+        cgroups: CgroupRoot,
+    },
+    /// `--unsafe-no-sandbox`: plain processes in their own process group.
+    None,
+    /// No sandbox here and unsafe builds not allowed: every build fails with this reason.
+    Unavailable(String),
+}
+
+impl Isolation {
+    /// Looks for bubblewrap and writable cgroups.
+    pub fn probe(unsafe_no_sandbox: bool) -> Self {
+        if unsafe_no_sandbox {
+            return Isolation::None;
+        }
+        let Some(bwrap) = which("bwrap") else {
+            return Isolation::Unavailable(
+                "bubblewrap (bwrap) is not installed; install it, or start the peer with --unsafe-no-sandbox for trusted repositories only".into(),
+            );
+        };
+        match CgroupRoot::probe() {
+            Ok(cgroups) => Isolation::Bwrap { bwrap, cgroups },
+            Err(why) => Isolation::Unavailable(format!(
+                "cannot cap build memory and processes ({why}); fix cgroups, or start the peer with --unsafe-no-sandbox for trusted repositories only"
+            )),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Isolation::Bwrap { .. } => "bubblewrap + cgroups".into(),
+            Isolation::None => "none (--unsafe-no-sandbox)".into(),
+            Isolation::Unavailable(why) => format!("unavailable: {why}"),
+        }
+    }
+}
+
+/// Finds `program` on the sandbox's PATH.
+pub fn which(program: &str) -> Option<PathBuf> {
+    SANDBOX_PATH
+        .split(':')
+        .map(|d| Path::new(d).join(program))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| {
+                m.is_file()
+                    && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+            })
+        })
+}
+
+/// Limits of one sandboxed step.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub memory_bytes: u64,
+    pub pids: u64,
+    pub tmp_bytes: u64,
+    pub deadline: Instant,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("no build sandbox on this peer: {0}")]
+    Unavailable(String),
+    #[error("`{cmd}` exited with {status}")]
+    Failed { cmd: String, status: String },
+    #[error("`{0}` ran out of memory (the build's memory cap)")]
+    OutOfMemory(String),
+    #[error("the build exceeded its time limit and was killed")]
+    TimedOut,
+    #[error("the build was canceled")]
+    Canceled,
+    #[error("could not start the sandbox: {0}")]
+    Spawn(#[from] std::io::Error),
+}
+
+/// One step to run.
+pub struct Step<'a> {
+    pub name: &'a str,
+    pub cmd: &'a Cmd,
+    pub workdir: &'a Path,
+    pub network: bool,
+    pub env: &'a [(String, String)],
+}
+
+fn bwrap_args(step: &Step, limits: &Limits) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "--unshare-all",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--clearenv",
+    ]
+    .map(String::from)
+    .to_vec();
+    if step.network {
+        a.push("--share-net".into());
+    }
+    for dir in SYSTEM_DIRS {
+        a.extend(["--ro-bind-try".into(), (*dir).into(), (*dir).into()]);
+    }
+    a.extend(["--proc", "/proc", "--dev", "/dev"].map(String::from));
+    a.extend([
+        "--size".into(),
+        limits.tmp_bytes.to_string(),
+        "--tmpfs".into(),
+        "/tmp".into(),
+    ]);
+    a.extend([
+        "--bind".into(),
+        step.workdir.display().to_string(),
+        "/build".into(),
+        "--chdir".into(),
+        "/build".into(),
+    ]);
+    a.extend(["--hostname", "shoal-build"].map(String::from));
+    for (k, v) in base_env().into_iter().chain(step.env.iter().cloned()) {
+        a.extend(["--setenv".into(), k, v]);
+    }
+    a.push("--".into());
+    a.extend(step.cmd.0.iter().cloned());
+    a
+}
+
+fn base_env() -> Vec<(String, String)> {
+    [
+        ("PATH", SANDBOX_PATH),
+        ("HOME", "/tmp/home"),
+        ("CI", "true"),
+        ("LANG", "C.UTF-8"),
+        ("TMPDIR", "/tmp"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect()
+}
+
+/// Runs `step` to completion, logging its output; kills everything it
+/// started on deadline or cancel.
+pub async fn run(
+    iso: &Isolation,
+    step: Step<'_>,
+    limits: &Limits,
+    log: &Logger,
+    mut cancel: watch::Receiver<bool>,
+) -> Result<(), SandboxError> {
+    let display = step.cmd.display();
+    let (mut command, cgroup): (Command, Option<Cgroup>) = match iso {
+        Isolation::Unavailable(why) => return Err(SandboxError::Unavailable(why.clone())),
+        Isolation::Bwrap { bwrap, cgroups } => {
+            let name = format!("{}-{}", log.deployment(), step.name);
+            let cg = cgroups.create(&name, limits.memory_bytes, limits.pids)?;
+            let procs: Vec<String> = cg
+                .procs_files()
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            // The shell joins the cgroup before exec'ing bwrap, so no process escapes it.
+            let mut c = Command::new("/bin/sh");
+            c.arg("-c")
+                .arg(r#"for p in $SHOAL_CGROUP_PROCS; do echo $$ > "$p" || exit 125; done; exec "$@""#)
+                .arg("shoal-sandbox")
+                .arg(bwrap)
+                .args(bwrap_args(&step, limits))
+                .env_clear()
+                .env("PATH", SANDBOX_PATH)
+                .env("SHOAL_CGROUP_PROCS", procs.join(" "));
+            (c, Some(cg))
+        }
+        Isolation::None => {
+            let mut c = Command::new(step.cmd.program());
+            c.args(&step.cmd.0[1..])
+                .env_clear()
+                .envs(base_env())
+                .envs(step.env.iter().cloned())
+                .current_dir(step.workdir);
+            (c, None)
+        }
+    };
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    log.info(&format!("$ {display}"));
+    let mut child = match command.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(cg) = cgroup {
+                cg.destroy().await;
+            }
+            return Err(e.into());
+        }
+    };
+    let pgid = child.id().map(|id| nix::unistd::Pid::from_raw(id as i32));
+    let out = child
+        .stdout
+        .take()
+        .map(|s| tokio::spawn(pump(s, log.clone(), Level::Info)));
+    let err = child
+        .stderr
+        .take()
+        .map(|s| tokio::spawn(pump(s, log.clone(), Level::Warn)));
+    let outcome = tokio::select! {
+        status = child.wait() => Ok(status?),
+        _ = tokio::time::sleep_until(limits.deadline.into()) => Err(SandboxError::TimedOut),
+        _ = cancel.wait_for(|c| *c) => Err(SandboxError::Canceled),
+    };
+    if outcome.is_err() {
+        let _ = child.start_kill();
+        if let Some(pg) = pgid {
+            let _ = nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    let oom = cgroup.as_ref().is_some_and(Cgroup::oom_killed);
+    if let Some(cg) = cgroup {
+        cg.destroy().await;
+    }
+    let _ = child.wait().await;
+    for task in [out, err].into_iter().flatten() {
+        let _ = task.await;
+    }
+    let status = outcome?;
+    if status.success() {
+        Ok(())
+    } else if oom {
+        Err(SandboxError::OutOfMemory(display))
+    } else {
+        let status = match status.code() {
+            Some(125) if matches!(iso, Isolation::Bwrap { .. }) => {
+                "status 125 (could not enter the build cgroup)".into()
+            }
+            Some(code) => format!("status {code}"),
+            None => "a signal".into(),
+        };
+        Err(SandboxError::Failed {
+            cmd: display,
+            status,
+        })
+    }
+}
+
+/// Copies a pipe into the log line by line, cutting lines at [`MAX_LINE`]
+/// bytes so a process that never prints a newline cannot grow memory.
+async fn pump(pipe: impl AsyncRead + Unpin, log: Logger, level: Level) {
+    let mut reader = BufReader::new(pipe);
+    let mut line = Vec::with_capacity(256);
+    loop {
+        let buf = match reader.fill_buf().await {
+            Ok([]) | Err(_) => break,
+            Ok(buf) => buf,
+        };
+        let (take, newline) = match buf.iter().position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        let room = MAX_LINE.saturating_sub(line.len());
+        line.extend_from_slice(&buf[..take.min(room)]);
+        reader.consume(take);
+        if newline || line.len() >= MAX_LINE {
+            emit(&log, level, &line);
+            line.clear();
+            if !newline {
+                // Skip the rest of an overlong line.
+                loop {
+                    let buf = match reader.fill_buf().await {
+                        Ok([]) | Err(_) => return,
+                        Ok(buf) => buf,
+                    };
+                    match buf.iter().position(|b| *b == b'\n') {
+                        Some(i) => {
+                            reader.consume(i + 1);
+                            break;
+                        }
+                        None => {
+                            let n = buf.len();
+                            reader.consume(n);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if !line.is_empty() {
+        emit(&log, level, &line);
+    }
+}
+
+fn emit(log: &Logger, level: Level, raw: &[u8]) {
+    let text = String::from_utf8_lossy(raw);
+    log.line(level, text.trim_end_matches(['\n', '\r']));
+}

@@ -1,0 +1,136 @@
+//! Command-line interface and configuration: every `node` flag also reads a
+//! `SHOAL_*` environment variable.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "shoal",
+    version,
+    about = "Deploy static websites from git onto a mesh of equal peers"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a peer.
+    Node(NodeConfig),
+    /// Submit a deployment of a git repository.
+    Deploy(DeployArgs),
+    /// Show all deployments, or one.
+    Status(StatusArgs),
+    /// Print the log of a deployment.
+    Logs(LogsArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct NodeConfig {
+    /// Directory for state, artifacts and sites.
+    #[arg(long, env = "SHOAL_DATA", default_value = ".shoal/data")]
+    pub data: PathBuf,
+    /// Human-readable peer name (defaults to the host name).
+    #[arg(long, env = "SHOAL_NAME")]
+    pub name: Option<String>,
+    /// Address to listen on for both HTTP ports.
+    #[arg(long, env = "SHOAL_LISTEN", default_value = "0.0.0.0")]
+    pub listen: std::net::IpAddr,
+    /// Port of the UI and JSON API.
+    #[arg(long, env = "SHOAL_HTTP_PORT", default_value_t = 8080)]
+    pub http_port: u16,
+    /// Port that serves the sites.
+    #[arg(long, env = "SHOAL_SITES_PORT", default_value_t = 80)]
+    pub sites_port: u16,
+    /// Sites are served as `<name>.<site-domain>`.
+    #[arg(long, env = "SHOAL_SITE_DOMAIN", default_value = "localhost")]
+    pub site_domain: String,
+    /// libp2p port (used by the mesh).
+    #[arg(long, env = "SHOAL_P2P_PORT", default_value_t = 9000)]
+    pub p2p_port: u16,
+    /// Peers to join (multiaddr), repeatable (used by the mesh).
+    #[arg(long, env = "SHOAL_BOOTSTRAP", value_delimiter = ',')]
+    pub bootstrap: Vec<String>,
+    /// Token for writes; generated into `<data>/admin-token` if not given.
+    #[arg(long, env = "SHOAL_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Accept local paths and file:// URLs as repositories (for development and tests).
+    #[arg(long, env = "SHOAL_ALLOW_LOCAL_REPOS")]
+    pub allow_local_repos: bool,
+    /// Build without bubblewrap and cgroups. Only for trusted repositories.
+    #[arg(long, env = "SHOAL_UNSAFE_NO_SANDBOX")]
+    pub unsafe_no_sandbox: bool,
+    /// Wall-clock limit of one build (install and build steps together).
+    #[arg(long, env = "SHOAL_BUILD_TIMEOUT", default_value = "15m", value_parser = humantime::parse_duration)]
+    pub build_timeout: Duration,
+    /// Wall-clock limit of a clone.
+    #[arg(long, env = "SHOAL_CLONE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub clone_timeout: Duration,
+    /// Memory limit of a build sandbox, in MiB.
+    #[arg(long, env = "SHOAL_BUILD_MEMORY_MB", default_value_t = 2048)]
+    pub build_memory_mb: u64,
+    /// Process limit of a build sandbox.
+    #[arg(long, env = "SHOAL_BUILD_PIDS", default_value_t = 512)]
+    pub build_pids: u64,
+    /// Size of the build sandbox's /tmp, in MiB.
+    #[arg(long, env = "SHOAL_BUILD_TMP_MB", default_value_t = 1024)]
+    pub build_tmp_mb: u64,
+    /// Let the build step (not only the install step) reach the network.
+    #[arg(long, env = "SHOAL_BUILD_NETWORK")]
+    pub build_network: bool,
+    /// Builds this peer runs at once.
+    #[arg(long, env = "SHOAL_MAX_BUILDS", default_value_t = 2)]
+    pub max_builds: usize,
+    /// Largest repository download, in MiB.
+    #[arg(long, env = "SHOAL_MAX_REPO_MB", default_value_t = 1024)]
+    pub max_repo_mb: u64,
+    /// Largest site (unpacked), in MiB.
+    #[arg(long, env = "SHOAL_MAX_SITE_MB", default_value_t = 2048)]
+    pub max_site_mb: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Any peer's UI/API URL.
+    #[arg(long, env = "SHOAL_PEER", default_value = "http://127.0.0.1:8080")]
+    pub peer: String,
+    /// Admin token (needed for writes).
+    #[arg(long, env = "SHOAL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    pub repo_url: String,
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long = "ref")]
+    pub git_ref: Option<String>,
+    #[arg(long)]
+    pub commit: Option<String>,
+    /// Follow the log and wait until the deployment ends; fail if it fails.
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    pub id: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    pub id: String,
+    /// Keep following until the deployment ends.
+    #[arg(short, long)]
+    pub follow: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}

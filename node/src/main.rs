@@ -1,0 +1,46 @@
+//! `shoal`: run a peer (`shoal node`) or talk to one (`deploy`, `status`, `logs`).
+
+mod backend;
+mod build;
+mod cli;
+mod config;
+mod metrics;
+mod model;
+mod peer;
+mod site;
+mod state;
+mod validate;
+mod worker;
+
+use clap::Parser;
+use config::{Cli, Command};
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sled=warn,hyper=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Node(cfg) => {
+            init_tracing();
+            peer::run(cfg).await
+        }
+        Command::Deploy(args) => cli::deploy(args).await,
+        Command::Status(args) => cli::status(args).await,
+        Command::Logs(args) => cli::logs(args).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! The node's own Prometheus figures: deployments by status and build durations.
+
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the build-duration histogram.
+const BUCKETS: [f64; 10] = [
+    1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0,
+];
+
+#[derive(Debug, Default)]
+pub struct NodeMetrics {
+    /// Per-bucket counts, then sum and count.
+    builds: Mutex<([u64; BUCKETS.len()], f64, u64)>,
+}
+
+impl NodeMetrics {
+    pub fn observe_build(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        let mut b = self.builds.lock().unwrap_or_else(|p| p.into_inner());
+        for (i, le) in BUCKETS.iter().enumerate() {
+            if secs <= *le {
+                b.0[i] += 1;
+            }
+        }
+        b.1 += secs;
+        b.2 += 1;
+    }
+
+    pub fn render(&self, by_status: &[(&str, usize)]) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP shoal_deployments Deployments known to this peer, by status."
+        );
+        let _ = writeln!(out, "# TYPE shoal_deployments gauge");
+        for (status, n) in by_status {
+            let _ = writeln!(out, "shoal_deployments{{status=\"{status}\"}} {n}");
+        }
+        let b = self.builds.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = writeln!(
+            out,
+            "# HELP shoal_build_duration_seconds Wall-clock time of builds run by this peer."
+        );
+        let _ = writeln!(out, "# TYPE shoal_build_duration_seconds histogram");
+        for (i, le) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "shoal_build_duration_seconds_bucket{{le=\"{le}\"}} {}",
+                b.0[i]
+            );
+        }
+        let _ = writeln!(
+            out,
+            "shoal_build_duration_seconds_bucket{{le=\"+Inf\"}} {}",
+            b.2
+        );
+        let _ = writeln!(out, "shoal_build_duration_seconds_sum {}", b.1);
+        let _ = writeln!(out, "shoal_build_duration_seconds_count {}", b.2);
+        out
+    }
+}

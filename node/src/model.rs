@@ -1,0 +1,202 @@
+//! The replicated rows and their merge laws.
+//!
+//! A deployment row is last-writer-wins by `(epoch, status rank, hlc, peer)`:
+//! a higher epoch (a newer claim) always wins, and within an epoch a status
+//! never moves backwards. Log rows are a grow-only set keyed by
+//! `(deployment, hlc, peer)`. Both merges are a maximum over a total order,
+//! hence commutative, associative and idempotent (property-tested below).
+
+use p2p::{Hlc, Merge};
+use serde::{Deserialize, Serialize};
+use std::cmp::Ordering;
+use web::{DeploymentView, LogLine, Status};
+
+/// Position of a status in a deployment's life; a row with a higher rank
+/// wins within the same epoch. Failures rank just after the step they end.
+pub fn rank(s: Status) -> u8 {
+    match s {
+        Status::Queued => 0,
+        Status::Building => 1,
+        Status::BuildFailed => 2,
+        Status::Built => 3,
+        Status::Distributed => 4,
+        Status::DistributionFailed => 5,
+        Status::Success => 6,
+        Status::Canceled => 7,
+    }
+}
+
+/// One deployment, as every peer stores it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeploymentRecord {
+    /// ULID: sorts by creation time.
+    pub id: String,
+    pub name: String,
+    pub repo_url: String,
+    pub git_ref: Option<String>,
+    /// The requested commit, replaced by the resolved one after cloning.
+    pub commit: Option<String>,
+    pub status: Status,
+    /// Peer id of the peer that claimed the build.
+    pub builder: Option<String>,
+    /// Claim generation: each (re)claim increments it; stale writes lose.
+    pub epoch: u64,
+    /// The builder's claim is valid until then (ms since the Unix epoch).
+    pub lease_until_ms: u64,
+    /// Content id (sha256 hex) of the packed site.
+    pub artifact: Option<String>,
+    pub live_url: String,
+    pub created_at_ms: u64,
+    pub error: Option<String>,
+    /// When and by whom this version of the row was written.
+    pub stamp: Hlc,
+    pub writer: String,
+}
+
+impl DeploymentRecord {
+    fn order_key(&self) -> (u64, u8, Hlc, &str) {
+        (self.epoch, rank(self.status), self.stamp, &self.writer)
+    }
+
+    pub fn to_view(&self) -> DeploymentView {
+        DeploymentView {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            repo_url: self.repo_url.clone(),
+            git_ref: self.git_ref.clone(),
+            commit: self.commit.clone(),
+            status: self.status,
+            builder: self.builder.clone(),
+            artifact: self.artifact.clone(),
+            live_url: self.live_url.clone(),
+            created_at: rfc3339(self.created_at_ms),
+            updated_at: rfc3339(self.stamp.wall_ms),
+            error: self.error.clone(),
+        }
+    }
+}
+
+impl Merge for DeploymentRecord {
+    fn merge(self, other: Self) -> Self {
+        match self.order_key().cmp(&other.order_key()) {
+            Ordering::Greater => self,
+            Ordering::Less => other,
+            // Same writer and clock means the same write; compare the rest
+            // anyway so that even malformed input merges deterministically.
+            Ordering::Equal => {
+                let a = cbor4ii::serde::to_vec(Vec::new(), &self).unwrap_or_default();
+                let b = cbor4ii::serde::to_vec(Vec::new(), &other).unwrap_or_default();
+                if a >= b {
+                    self
+                } else {
+                    other
+                }
+            }
+        }
+    }
+}
+
+/// One log line, as every peer stores it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct LogRecord {
+    pub created_at_ms: u64,
+    pub step: String,
+    pub level: String,
+    pub message: String,
+}
+
+impl Merge for LogRecord {
+    /// Rows of a grow-only set: the same key always carries the same line.
+    fn merge(self, other: Self) -> Self {
+        self.max(other)
+    }
+}
+
+/// Key of a log row: deployment id, then clock, then peer, so that a prefix
+/// scan by deployment returns lines in order.
+pub fn log_key(deployment: &str, at: Hlc, peer: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(deployment.len() + 13 + peer.len());
+    key.extend_from_slice(deployment.as_bytes());
+    key.push(b'/');
+    key.extend_from_slice(&at.to_be_bytes());
+    key.extend_from_slice(peer.as_bytes());
+    key
+}
+
+pub fn log_view(key: &[u8], rec: &LogRecord) -> LogLine {
+    LogLine {
+        created_at: rfc3339(rec.created_at_ms),
+        step: rec.step.clone(),
+        level: rec.level.clone(),
+        message: rec.message.clone(),
+        key: hex::encode(key),
+    }
+}
+
+/// RFC 3339 UTC with milliseconds.
+pub fn rfc3339(ms: u64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    t.format(&fmt).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn status() -> impl Strategy<Value = Status> {
+        proptest::sample::select(Status::ALL.to_vec())
+    }
+
+    prop_compose! {
+        fn record()(epoch in 0u64..3, status in status(), wall in 0u64..5, counter in 0u32..2,
+                    writer in "[ab]", error in proptest::option::of("[xy]")) -> DeploymentRecord {
+            DeploymentRecord {
+                id: "01J0000000000000000000000".into(), name: "site".into(),
+                repo_url: "https://example.com/site.git".into(), git_ref: None, commit: None,
+                status, builder: Some(writer.clone()), epoch, lease_until_ms: 0, artifact: None,
+                live_url: "http://site.localhost/".into(), created_at_ms: 0, error,
+                stamp: Hlc { wall_ms: wall, counter }, writer,
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn deployment_merge_is_a_semilattice(a in record(), b in record(), c in record()) {
+            prop_assert_eq!(a.clone().merge(b.clone()), b.clone().merge(a.clone()));
+            prop_assert_eq!(a.clone().merge(b.clone()).merge(c.clone()), a.clone().merge(b.clone().merge(c.clone())));
+            prop_assert_eq!(a.clone().merge(a.clone()), a);
+        }
+
+        #[test]
+        fn any_order_and_duplication_converges(rows in proptest::collection::vec(record(), 1..8), seed in any::<u64>()) {
+            let forward = rows.iter().cloned().reduce(Merge::merge).unwrap();
+            let mut shuffled: Vec<_> = rows.iter().chain(rows.iter()).cloned().collect();
+            let n = shuffled.len();
+            for i in 0..n { shuffled.swap(i, (seed as usize).wrapping_add(i * 7) % n); }
+            let other = shuffled.into_iter().reduce(Merge::merge).unwrap();
+            prop_assert_eq!(forward, other);
+        }
+
+        #[test]
+        fn status_never_moves_backwards_within_an_epoch(a in record(), b in record()) {
+            let m = a.clone().merge(b.clone());
+            if a.epoch == b.epoch {
+                prop_assert!(rank(m.status) >= rank(a.status).max(rank(b.status)));
+            } else {
+                prop_assert_eq!(m.epoch, a.epoch.max(b.epoch));
+            }
+        }
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+    }
+}

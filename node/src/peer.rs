@@ -1,0 +1,179 @@
+//! Running a peer: open the data directory, start the build worker and the
+//! two HTTP listeners, and shut all of it down cleanly on SIGINT/SIGTERM.
+
+use crate::backend::NodeBackend;
+use crate::build::sandbox::Isolation;
+use crate::build::BuildSettings;
+use crate::config::NodeConfig;
+use crate::metrics::NodeMetrics;
+use crate::site::Sites;
+use crate::state::State;
+use crate::worker::{Shared, Worker};
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+/// Pending nudges to the build worker; more are pointless.
+const WAKE_BUFFER: usize = 16;
+
+/// Reads a secret-ish file, or creates it with `make` (mode 0600).
+fn load_or_create(path: &Path, make: impl FnOnce() -> String) -> anyhow::Result<(String, bool)> {
+    match std::fs::read_to_string(path) {
+        Ok(s) if !s.trim().is_empty() => Ok((s.trim().to_owned(), false)),
+        _ => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let value = make();
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("writing {}", path.display()))?;
+            writeln!(f, "{value}")?;
+            Ok((value, true))
+        }
+    }
+}
+
+fn random_hex(bytes: usize) -> String {
+    use rand::RngCore;
+    let mut buf = vec![0u8; bytes];
+    rand::thread_rng().fill_bytes(&mut buf);
+    hex::encode(buf)
+}
+
+pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
+    let data = &cfg.data;
+    for sub in ["", "builds", "artifacts", "sites"] {
+        std::fs::create_dir_all(data.join(sub))
+            .with_context(|| format!("creating {}", data.join(sub).display()))?;
+    }
+    let data = data.canonicalize()?;
+    let (peer_id, _) = load_or_create(&data.join("peer-id"), || random_hex(16))?;
+    let admin_token = match cfg.admin_token.clone().filter(|t| !t.trim().is_empty()) {
+        Some(t) => t.trim().to_owned(),
+        None => {
+            let path = data.join("admin-token");
+            let (token, created) = load_or_create(&path, || random_hex(24))?;
+            let verb = if created { "generated" } else { "read" };
+            info!(path = %path.display(), "admin token {verb}; pass it as `Authorization: Bearer <token>`");
+            token
+        }
+    };
+    let name = cfg.name.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/etc/hostname")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| "shoal".into())
+    });
+    // Builds from a previous run are stale whatever happened to them.
+    let _ = std::fs::remove_dir_all(data.join("builds"));
+    std::fs::create_dir_all(data.join("builds"))?;
+
+    let store = p2p::Store::open(&data.join("state")).context("opening the state database")?;
+    let state = Arc::new(State::open(store, peer_id.clone())?);
+    let isolation = Isolation::probe(cfg.unsafe_no_sandbox);
+    match &isolation {
+        Isolation::Unavailable(why) => warn!(reason = %why, "builds will fail: no sandbox"),
+        Isolation::None => {
+            warn!("building WITHOUT a sandbox (--unsafe-no-sandbox): only for trusted repositories")
+        }
+        Isolation::Bwrap { .. } => info!(isolation = %isolation.describe(), "builds are sandboxed"),
+    }
+    let mib = 1024 * 1024;
+    let settings = BuildSettings {
+        isolation,
+        timeout: cfg.build_timeout,
+        clone_timeout: cfg.clone_timeout,
+        memory_bytes: cfg.build_memory_mb * mib,
+        pids: cfg.build_pids,
+        tmp_bytes: cfg.build_tmp_mb * mib,
+        build_network: cfg.build_network,
+        max_repo_bytes: cfg.max_repo_mb * mib,
+        max_site_bytes: cfg.max_site_mb * mib,
+        allow_local: cfg.allow_local_repos,
+    };
+    let sites = Sites::new(data.join("sites"));
+    let metrics = Arc::new(NodeMetrics::default());
+    let (wake_tx, wake_rx) = mpsc::channel(WAKE_BUFFER);
+    let backend = Arc::new(NodeBackend {
+        state: state.clone(),
+        sites: sites.clone(),
+        metrics: metrics.clone(),
+        admin_token,
+        site_domain: cfg.site_domain.to_ascii_lowercase(),
+        sites_port: cfg.sites_port,
+        allow_local: cfg.allow_local_repos,
+        ready: Default::default(),
+        wake: wake_tx,
+    });
+    let shared = Arc::new(Shared {
+        state: state.clone(),
+        settings,
+        sites,
+        metrics,
+        builds_dir: data.join("builds"),
+        artifacts_dir: data.join("artifacts"),
+    });
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let http_metrics = Arc::new(web::HttpMetrics::default());
+    let ui = web::app(backend.clone(), http_metrics.clone());
+    let sites_app = web::sites_app(backend.clone(), http_metrics);
+    let ui_addr = SocketAddr::new(cfg.listen, cfg.http_port);
+    let sites_addr = SocketAddr::new(cfg.listen, cfg.sites_port);
+    let ui_listener = tokio::net::TcpListener::bind(ui_addr)
+        .await
+        .with_context(|| format!("binding the UI port {ui_addr}"))?;
+    let sites_listener = tokio::net::TcpListener::bind(sites_addr)
+        .await
+        .with_context(|| format!("binding the sites port {sites_addr}"))?;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(Worker::new(shared, cfg.max_builds, wake_rx).run(shutdown_rx.clone()));
+    for (listener, app) in [(ui_listener, ui), (sites_listener, sites_app)] {
+        let mut stop = shutdown_rx.clone();
+        tasks.spawn(async move {
+            let stop = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(err) = web::serve(listener, app, stop).await {
+                warn!(error = %err, "HTTP server stopped");
+            }
+        });
+    }
+    backend.ready.store(true, Ordering::Relaxed);
+    info!(peer = %peer_id, name = %name, ui = %format!("http://{ui_addr}/"), sites = %sites_addr, domain = %backend.site_domain, "shoal peer ready");
+
+    wait_for_signal().await;
+    info!("shutting down");
+    backend.ready.store(false, Ordering::Relaxed);
+    let _ = shutdown_tx.send(true);
+    while tasks.join_next().await.is_some() {}
+    state.flush().await?;
+    info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

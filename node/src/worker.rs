@@ -1,0 +1,357 @@
+//! The build worker: the one task that decides which deployments this peer
+//! builds. It claims a deployment (builder, epoch + 1, lease), renews the
+//! lease while building, and writes every later change fenced by its epoch,
+//! so a peer that lost its claim can never overwrite the winner. Finished
+//! artifacts are installed and the site switched when it is newer than the
+//! version being served.
+
+use crate::build::{self, BuildSettings, Job, Logger};
+use crate::metrics::NodeMetrics;
+use crate::model::DeploymentRecord;
+use crate::site::{Sites, UnpackLimits};
+use crate::state::{Level, State};
+use crate::validate;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::{info, info_span, warn, Instrument};
+use web::Status;
+
+/// How long a claim holds without renewal.
+pub const LEASE: Duration = Duration::from_secs(3);
+/// How often the worker looks for work and renews its leases.
+const TICK: Duration = Duration::from_secs(1);
+
+/// Everything a build task needs, shared.
+pub struct Shared {
+    pub state: Arc<State>,
+    pub settings: BuildSettings,
+    pub sites: Sites,
+    pub metrics: Arc<NodeMetrics>,
+    pub builds_dir: PathBuf,
+    pub artifacts_dir: PathBuf,
+}
+
+/// A build this peer is running.
+struct Active {
+    epoch: u64,
+    cancel: watch::Sender<bool>,
+}
+
+pub struct Worker {
+    shared: Arc<Shared>,
+    max_builds: usize,
+    /// Nudges from the API ("something was queued").
+    wake: mpsc::Receiver<()>,
+    active: HashMap<String, Active>,
+    tasks: JoinSet<String>,
+}
+
+impl Worker {
+    pub fn new(shared: Arc<Shared>, max_builds: usize, wake: mpsc::Receiver<()>) -> Self {
+        Self {
+            shared,
+            max_builds: max_builds.max(1),
+            wake,
+            active: HashMap::new(),
+            tasks: JoinSet::new(),
+        }
+    }
+
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => break,
+                _ = tick.tick() => self.renew_leases(),
+                Some(_) = self.wake.recv() => {}
+                Some(done) = self.tasks.join_next() => {
+                    if let Ok(id) = done {
+                        self.active.remove(&id);
+                    }
+                }
+            }
+            if let Err(err) = self.schedule() {
+                warn!(error = %err, "could not read deployments");
+            }
+        }
+        for a in self.active.values() {
+            let _ = a.cancel.send(true);
+        }
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    fn renew_leases(&self) {
+        let until = self.shared.state.now_ms() + LEASE.as_millis() as u64;
+        for (id, a) in &self.active {
+            let _ = fenced(&self.shared.state, id, a.epoch, |r| {
+                r.lease_until_ms = until
+            });
+        }
+    }
+
+    /// Claims what this peer should build, within its build slots.
+    fn schedule(&mut self) -> Result<(), p2p::StoreError> {
+        let state = self.shared.state.clone();
+        let now = state.now_ms();
+        let mut rows = state.deployments()?;
+        rows.reverse(); // oldest first
+        for rec in rows {
+            if self.active.contains_key(&rec.id) {
+                continue;
+            }
+            let mine = rec.builder.as_deref() == Some(state.peer.as_str());
+            let runnable = match rec.status {
+                Status::Queued => true,
+                // Ours but not running here: the peer restarted mid-build.
+                Status::Building => mine || rec.lease_until_ms < now,
+                Status::Built => mine && !self.artifact_path(&rec).is_some_and(|p| p.is_file()),
+                _ => false,
+            };
+            if rec.status == Status::Built && mine && !runnable {
+                self.spawn_publish(rec);
+                continue;
+            }
+            if !runnable || self.active.len() >= self.max_builds {
+                continue;
+            }
+            self.claim_and_build(rec);
+        }
+        Ok(())
+    }
+
+    fn artifact_path(&self, rec: &DeploymentRecord) -> Option<PathBuf> {
+        rec.artifact
+            .as_ref()
+            .map(|a| self.shared.artifacts_dir.join(format!("{a}.zip")))
+    }
+
+    fn claim_and_build(&mut self, rec: DeploymentRecord) {
+        let state = self.shared.state.clone();
+        let restarted = rec.status != Status::Queued;
+        let epoch = rec.epoch + 1;
+        let until = state.now_ms() + LEASE.as_millis() as u64;
+        let claimed = state.clone().update(&rec.id, |r| {
+            r.builder = Some(state.peer.clone());
+            r.epoch = epoch;
+            r.lease_until_ms = until;
+            r.status = Status::Building;
+            r.error = None;
+            r.artifact = None;
+        });
+        match claimed {
+            Ok(Some(r))
+                if r.epoch == epoch && r.builder.as_deref() == Some(state.peer.as_str()) => {}
+            Ok(_) => return,
+            Err(err) => {
+                warn!(error = %err, deployment = %rec.id, "claim failed");
+                return;
+            }
+        }
+        let log = Logger::new(state.clone(), &rec.id, "queue");
+        if restarted {
+            log.line(Level::Warn, &format!("the previous build did not finish (peer restarted or lease lost); building again (epoch {epoch})"));
+        }
+        log.info(&format!("claimed by peer {} (epoch {epoch})", state.peer));
+        let (cancel, cancel_rx) = watch::channel(false);
+        self.active.insert(rec.id.clone(), Active { epoch, cancel });
+        let shared = self.shared.clone();
+        let span = info_span!("deployment", id = %rec.id, name = %rec.name, epoch);
+        self.tasks.spawn(
+            async move {
+                let id = rec.id.clone();
+                build_and_publish(&shared, rec, epoch, log, cancel_rx).await;
+                id
+            }
+            .instrument(span),
+        );
+    }
+
+    fn spawn_publish(&mut self, rec: DeploymentRecord) {
+        let (cancel, _) = watch::channel(false);
+        self.active.insert(
+            rec.id.clone(),
+            Active {
+                epoch: rec.epoch,
+                cancel,
+            },
+        );
+        let shared = self.shared.clone();
+        let span = info_span!("deployment", id = %rec.id, name = %rec.name, epoch = rec.epoch);
+        self.tasks.spawn(
+            async move {
+                let id = rec.id.clone();
+                publish(&shared, &rec).await;
+                id
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Applies `change` only if the row is still at `epoch` (fencing).
+fn fenced(
+    state: &State,
+    id: &str,
+    epoch: u64,
+    change: impl FnOnce(&mut DeploymentRecord),
+) -> Result<bool, p2p::StoreError> {
+    let mut ok = false;
+    state.update(id, |r| {
+        if r.epoch == epoch {
+            change(r);
+            ok = true;
+        }
+    })?;
+    Ok(ok)
+}
+
+async fn build_and_publish(
+    shared: &Shared,
+    rec: DeploymentRecord,
+    epoch: u64,
+    log: Logger,
+    cancel: watch::Receiver<bool>,
+) {
+    let state = &shared.state;
+    let started = Instant::now();
+    let url = match validate::repo_url(&rec.repo_url, shared.settings.allow_local) {
+        Ok(u) => u,
+        Err(e) => {
+            fail(
+                state,
+                &rec.id,
+                epoch,
+                Status::BuildFailed,
+                &e.to_string(),
+                &log.step("clone"),
+            );
+            return;
+        }
+    };
+    let workdir = shared.builds_dir.join(&rec.id);
+    let job = Job {
+        url,
+        git_ref: rec.git_ref.as_deref(),
+        commit: rec.commit.as_deref(),
+        live_url: &rec.live_url,
+        workdir: &workdir,
+        artifacts: &shared.artifacts_dir,
+    };
+    let result = build::run(&shared.settings, job, &log, cancel, |commit| {
+        let _ = fenced(state, &rec.id, epoch, |r| {
+            r.commit = Some(commit.to_owned())
+        });
+    })
+    .await;
+    let _ = tokio::fs::remove_dir_all(&workdir).await;
+    shared.metrics.observe_build(started.elapsed());
+    match result {
+        Ok(built) => {
+            info!(artifact = %built.artifact, secs = started.elapsed().as_secs_f64(), "built");
+            log.step("build").info(&format!(
+                "built in {:.1} s",
+                started.elapsed().as_secs_f64()
+            ));
+            let done = fenced(state, &rec.id, epoch, |r| {
+                r.status = Status::Built;
+                r.artifact = Some(built.artifact.clone());
+                r.commit = Some(built.commit.clone());
+            });
+            let _ = state.flush().await;
+            if let Ok(true) = done {
+                if let Ok(Some(rec)) = state.deployment(&rec.id) {
+                    publish(shared, &rec).await;
+                }
+            }
+        }
+        Err(err) => {
+            warn!(error = %err, "build failed");
+            fail(
+                state,
+                &rec.id,
+                epoch,
+                Status::BuildFailed,
+                &err.to_string(),
+                &log.step("build"),
+            );
+            let _ = state.flush().await;
+        }
+    }
+}
+
+fn fail(state: &State, id: &str, epoch: u64, status: Status, reason: &str, log: &Logger) {
+    log.line(Level::Error, reason);
+    let _ = fenced(state, id, epoch, |r| {
+        r.status = status;
+        r.error = Some(reason.to_owned());
+    });
+}
+
+/// Installs a built artifact into the sites directory and makes it live
+/// (unless a newer deployment of the same site is live already).
+async fn publish(shared: &Shared, rec: &DeploymentRecord) {
+    let state = &shared.state;
+    let log = Logger::new(state.clone(), &rec.id, "unpack");
+    let Some(artifact) = rec.artifact.clone() else {
+        return;
+    };
+    let zip = shared.artifacts_dir.join(format!("{artifact}.zip"));
+    let (sites, name, id) = (shared.sites.clone(), rec.name.clone(), rec.id.clone());
+    let limits = UnpackLimits::with_total(shared.settings.max_site_bytes);
+    let unpacked =
+        tokio::task::spawn_blocking(move || sites.install(&name, &id, &zip, limits)).await;
+    match unpacked {
+        Ok(Ok((files, bytes))) => log.info(&format!("unpacked {files} files, {bytes} bytes")),
+        Ok(Err(err)) => {
+            fail(
+                state,
+                &rec.id,
+                rec.epoch,
+                Status::DistributionFailed,
+                &format!("unpack failed: {err}"),
+                &log,
+            );
+            return;
+        }
+        Err(err) => {
+            fail(
+                state,
+                &rec.id,
+                rec.epoch,
+                Status::DistributionFailed,
+                &format!("unpack failed: {err}"),
+                &log,
+            );
+            return;
+        }
+    }
+    let live = log.step("live");
+    let newer_live = shared
+        .sites
+        .current(&rec.name)
+        .is_some_and(|cur| cur > rec.id);
+    if newer_live {
+        live.info("a newer deployment of this site is already live; keeping it");
+    } else if let Err(err) = shared.sites.switch(&rec.name, &rec.id) {
+        fail(
+            state,
+            &rec.id,
+            rec.epoch,
+            Status::DistributionFailed,
+            &format!("could not switch the site: {err}"),
+            &live,
+        );
+        return;
+    }
+    if let Ok(true) = fenced(state, &rec.id, rec.epoch, |r| r.status = Status::Success) {
+        if !newer_live {
+            live.info(&format!("live at {}", rec.live_url));
+        }
+    }
+    let _ = state.flush().await;
+}

@@ -1,0 +1,201 @@
+//! The JSON API under `/api`, plus the health endpoints. Described for
+//! clients by `/api/openapi.json`.
+
+use crate::auth::require_admin;
+use crate::model::{Event, LogLine};
+use crate::{ApiError, AppState, Backend, DeploymentView, NewDeployment};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{self, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::stream::{self, Stream};
+use std::collections::{HashSet, VecDeque};
+use std::convert::Infallible;
+use tokio::sync::broadcast;
+
+/// Largest request body the API reads.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+const OPENAPI: &str = include_str!("openapi.json");
+
+pub fn routes<B: Backend>() -> Router<AppState<B>> {
+    Router::new()
+        .route("/api/deployments", post(create::<B>).get(list::<B>))
+        .route("/api/deployments/{id}", get(show::<B>))
+        .route("/api/deployments/{id}/logs", get(logs::<B>))
+        .route("/api/openapi.json", get(openapi))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready::<B>))
+        .fallback(not_found)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+async fn ready<B: Backend>(State(s): State<AppState<B>>) -> Response {
+    if s.backend.ready() {
+        "ready\n".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+async fn create<B: Backend>(
+    State(s): State<AppState<B>>,
+    headers: HeaderMap,
+    body: Result<Json<NewDeployment>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    require_admin(&*s.backend, &headers)?;
+    let Json(req) = body?;
+    let dep = s.backend.create_deployment(req)?;
+    let location = format!("/api/deployments/{}", dep.id);
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        Json(dep),
+    )
+        .into_response())
+}
+
+async fn list<B: Backend>(
+    State(s): State<AppState<B>>,
+) -> Result<Json<Vec<DeploymentView>>, ApiError> {
+    Ok(Json(s.backend.deployments()?))
+}
+
+async fn show<B: Backend>(
+    State(s): State<AppState<B>>,
+    Path(id): Path<String>,
+) -> Result<Json<DeploymentView>, ApiError> {
+    s.backend
+        .deployment(&id)?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no deployment {id}")))
+}
+
+async fn logs<B: Backend>(
+    State(s): State<AppState<B>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let wants_stream = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    if !wants_stream {
+        let lines = s.backend.logs(&id)?.ok_or_else(|| no_deployment(&id))?;
+        return Ok(Json(lines).into_response());
+    }
+    // Subscribe before reading the backlog so nothing falls between the two.
+    let rx = s.backend.subscribe();
+    let backlog = s.backend.logs(&id)?.ok_or_else(|| no_deployment(&id))?;
+    let status = s
+        .backend
+        .deployment(&id)?
+        .ok_or_else(|| no_deployment(&id))?
+        .status;
+    let stream = log_stream(s.backend.clone(), id, rx, backlog, status.is_final());
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+fn no_deployment(id: &str) -> ApiError {
+    ApiError::not_found(format!("no deployment {id}"))
+}
+
+/// What the live log stream does next.
+struct Tail<B> {
+    backend: std::sync::Arc<B>,
+    id: String,
+    rx: broadcast::Receiver<Event>,
+    /// Events ready to send.
+    queue: VecDeque<sse::Event>,
+    /// Keys of lines already sent, to drop duplicates after a resync.
+    seen: HashSet<String>,
+    /// The deployment has ended: send what is queued, then close.
+    ended: bool,
+}
+
+fn log_event(line: &LogLine) -> sse::Event {
+    sse::Event::default()
+        .event("log")
+        .data(serde_json::to_string(line).unwrap_or_default())
+}
+
+fn log_stream<B: Backend>(
+    backend: std::sync::Arc<B>,
+    id: String,
+    rx: broadcast::Receiver<Event>,
+    backlog: Vec<LogLine>,
+    ended: bool,
+) -> impl Stream<Item = Result<sse::Event, Infallible>> {
+    let mut tail = Tail {
+        backend,
+        id,
+        rx,
+        queue: VecDeque::new(),
+        seen: HashSet::new(),
+        ended,
+    };
+    tail.enqueue(backlog);
+    if ended {
+        tail.queue
+            .push_back(sse::Event::default().event("end").data("end"));
+    }
+    stream::unfold(tail, |mut tail| async move {
+        loop {
+            if let Some(ev) = tail.queue.pop_front() {
+                return Some((Ok(ev), tail));
+            }
+            if tail.ended {
+                return None;
+            }
+            match tail.rx.recv().await {
+                Ok(Event::Log { deployment, line }) if deployment == tail.id => {
+                    tail.enqueue(vec![line]);
+                }
+                Ok(Event::Status { deployment, status }) if deployment == tail.id => {
+                    tail.queue.push_back(
+                        sse::Event::default()
+                            .event("status")
+                            .data(format!("{{\"status\":\"{}\"}}", status.as_str())),
+                    );
+                    if status.is_final() {
+                        // Lines may still be in flight behind the status: resync once.
+                        if let Ok(Some(lines)) = tail.backend.logs(&tail.id) {
+                            tail.enqueue(lines);
+                        }
+                        tail.queue
+                            .push_back(sse::Event::default().event("end").data("end"));
+                        tail.ended = true;
+                    }
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    if let Ok(Some(lines)) = tail.backend.logs(&tail.id) {
+                        tail.enqueue(lines);
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+}
+
+impl<B> Tail<B> {
+    fn enqueue(&mut self, lines: Vec<LogLine>) {
+        for line in lines {
+            if self.seen.insert(line.key.clone()) {
+                self.queue.push_back(log_event(&line));
+            }
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! Every API failure becomes a response here, and only here:
+//! JSON `{"error", "detail"}` with the right status.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{error}: {detail}")]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// A short machine-readable name, e.g. `invalid_repo_url`.
+    pub error: &'static str,
+    /// What was wrong and what to do about it.
+    pub detail: String,
+}
+
+impl ApiError {
+    pub fn bad_request(error: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            error,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            error: "not_found",
+            detail: detail.into(),
+        }
+    }
+
+    pub fn unauthorized() -> Self {
+        Self {
+            status: StatusCode::UNAUTHORIZED,
+            error: "unauthorized",
+            detail: "this request needs `Authorization: Bearer <admin token>`".into(),
+        }
+    }
+
+    pub fn internal(detail: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            error: "internal",
+            detail: detail.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut res = (
+            self.status,
+            Json(json!({"error": self.error, "detail": self.detail})),
+        )
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            res.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        res
+    }
+}
+
+/// Turns axum's own rejections (bad JSON, wrong content type, too large) into our shape.
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    fn from(r: axum::extract::rejection::JsonRejection) -> Self {
+        Self {
+            status: r.status(),
+            error: "invalid_body",
+            detail: r.body_text(),
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! shoal's HTTP surface. It knows nothing of libp2p: the node hands it a
+//! [`Backend`] and gets back two routers, one for the UI and JSON API and one
+//! for the sites port. Both are plain values that tests can call without a
+//! socket.
+
+mod api;
+mod auth;
+mod error;
+mod files;
+mod metrics;
+pub mod model;
+mod sites;
+mod ui;
+
+pub use error::ApiError;
+pub use metrics::HttpMetrics;
+pub use model::{DeploymentView, Event, LogLine, NewDeployment, Status};
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+/// What the HTTP layer needs from the node. Calls are cheap and synchronous
+/// (local state reads and writes); slow work happens behind them.
+pub trait Backend: Send + Sync + 'static {
+    /// Validates and records a new deployment; returns it queued.
+    fn create_deployment(&self, req: NewDeployment) -> Result<DeploymentView, ApiError>;
+    /// All deployments, newest first.
+    fn deployments(&self) -> Result<Vec<DeploymentView>, ApiError>;
+    fn deployment(&self, id: &str) -> Result<Option<DeploymentView>, ApiError>;
+    /// The log of one deployment in order, or `None` if there is no such deployment.
+    fn logs(&self, id: &str) -> Result<Option<Vec<LogLine>>, ApiError>;
+    /// Live log lines and status changes of every deployment.
+    fn subscribe(&self) -> broadcast::Receiver<Event>;
+    /// The directory of the version of site `name` being served now.
+    fn site_root(&self, name: &str) -> Option<PathBuf>;
+    /// The token that authorises writes.
+    fn admin_token(&self) -> &str;
+    /// Whether the peer is ready to take traffic.
+    fn ready(&self) -> bool;
+    /// The domain that sites are served under (`<name>.<site_domain>`).
+    fn site_domain(&self) -> &str;
+    /// Prometheus text lines for the node's own figures.
+    fn metrics(&self) -> String;
+}
+
+/// The UI and JSON API router.
+pub fn app<B: Backend>(backend: Arc<B>, metrics: Arc<HttpMetrics>) -> axum::Router {
+    axum::Router::new()
+        .merge(api::routes::<B>())
+        .merge(ui::routes::<B>())
+        .route("/metrics", axum::routing::get(metrics::handler::<B>))
+        .layer(axum::extract::DefaultBodyLimit::max(api::MAX_BODY_BYTES))
+        .with_state(AppState { backend, metrics })
+}
+
+/// The router for the sites port.
+pub fn sites_app<B: Backend>(backend: Arc<B>, metrics: Arc<HttpMetrics>) -> axum::Router {
+    sites::router(AppState { backend, metrics })
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then finishes the
+/// requests in flight.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// State shared by every handler.
+pub(crate) struct AppState<B> {
+    pub backend: Arc<B>,
+    pub metrics: Arc<HttpMetrics>,
+}
+
+impl<B> Clone for AppState<B> {
+    fn clone(&self) -> Self {
+        Self {
+            backend: self.backend.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}

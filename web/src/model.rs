@@ -1,0 +1,104 @@
+//! The shapes that cross the HTTP boundary: what the API returns and accepts.
+
+use serde::{Deserialize, Serialize};
+
+/// Where a deployment is in its life. Serialised exactly as the API names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Status {
+    Queued,
+    Building,
+    Built,
+    Distributed,
+    Success,
+    BuildFailed,
+    DistributionFailed,
+    Canceled,
+}
+
+impl Status {
+    pub const ALL: [Status; 8] = [
+        Status::Queued,
+        Status::Building,
+        Status::Built,
+        Status::Distributed,
+        Status::Success,
+        Status::BuildFailed,
+        Status::DistributionFailed,
+        Status::Canceled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Building => "building",
+            Status::Built => "built",
+            Status::Distributed => "distributed",
+            Status::Success => "success",
+            Status::BuildFailed => "buildFailed",
+            Status::DistributionFailed => "distributionFailed",
+            Status::Canceled => "canceled",
+        }
+    }
+
+    /// No further change will happen: live logs end here.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            Status::Success | Status::BuildFailed | Status::DistributionFailed | Status::Canceled
+        )
+    }
+}
+
+/// A deployment as the API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeploymentView {
+    pub id: String,
+    pub name: String,
+    pub repo_url: String,
+    #[serde(rename = "ref")]
+    pub git_ref: Option<String>,
+    pub commit: Option<String>,
+    pub status: Status,
+    pub builder: Option<String>,
+    pub artifact: Option<String>,
+    pub live_url: String,
+    /// RFC 3339 UTC.
+    pub created_at: String,
+    /// RFC 3339 UTC.
+    pub updated_at: String,
+    pub error: Option<String>,
+}
+
+/// One log line of a deployment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// RFC 3339 UTC with milliseconds.
+    pub created_at: String,
+    pub step: String,
+    pub level: String,
+    pub message: String,
+    /// Unique key of the line within its deployment (not part of the API shape).
+    #[serde(skip)]
+    pub key: String,
+}
+
+/// The body of `POST /api/deployments`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewDeployment {
+    pub repo_url: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default, rename = "ref")]
+    pub git_ref: Option<String>,
+    #[serde(default)]
+    pub commit: Option<String>,
+}
+
+/// Something happened to a deployment.
+#[derive(Clone, Debug)]
+pub enum Event {
+    Log { deployment: String, line: LogLine },
+    Status { deployment: String, status: Status },
+}

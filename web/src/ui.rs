@@ -1,0 +1,147 @@
+//! The first UI: server-rendered pages with a little JavaScript. A dashboard
+//! with the deployments and a deploy form, and a page per deployment with its
+//! details and live log. No build step: the pages are strings in the binary.
+
+use crate::{ApiError, AppState, Backend, DeploymentView};
+use axum::extract::{Path, State};
+use axum::response::Html;
+use axum::routing::get;
+use axum::Router;
+use std::fmt::Write;
+
+pub fn routes<B: Backend>() -> Router<AppState<B>> {
+    Router::new()
+        .route("/", get(dashboard::<B>))
+        .route("/deployments/{id}", get(deployment_page::<B>))
+        .route(
+            "/ui.css",
+            get(|| async { ([("content-type", "text/css")], CSS) }),
+        )
+        .route(
+            "/ui.js",
+            get(|| async { ([("content-type", "text/javascript")], JS) }),
+        )
+}
+
+const CSS: &str = include_str!("ui/ui.css");
+const JS: &str = include_str!("ui/ui.js");
+
+/// Escapes text for HTML element content and attribute values.
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn page(title: &str, body: &str) -> Html<String> {
+    Html(format!(
+        "<!doctype html><html lang=en><head><meta charset=utf-8>\
+         <meta name=viewport content='width=device-width,initial-scale=1'>\
+         <title>{} · shoal</title><link rel=stylesheet href=/ui.css></head>\
+         <body><header><a href=/ class=brand>shoal</a></header><main>{body}</main>\
+         <script src=/ui.js></script></body></html>",
+        esc(title)
+    ))
+}
+
+fn badge(d: &DeploymentView) -> String {
+    let s = d.status.as_str();
+    format!("<span class='badge {s}' data-status>{s}</span>")
+}
+
+fn row(d: &DeploymentView) -> String {
+    format!(
+        "<tr data-id='{id}'><td><a href='/deployments/{id}'>{name}</a></td><td>{badge}</td>\
+         <td class=mono>{commit}</td><td><a href='{url}'>{url}</a></td><td>{created}</td></tr>",
+        id = esc(&d.id),
+        name = esc(&d.name),
+        badge = badge(d),
+        commit = esc(d.commit.as_deref().map_or("", |c| &c[..c.len().min(12)])),
+        url = esc(&d.live_url),
+        created = esc(&d.created_at),
+    )
+}
+
+async fn dashboard<B: Backend>(State(s): State<AppState<B>>) -> Result<Html<String>, ApiError> {
+    let deployments = s.backend.deployments()?;
+    let mut rows = String::new();
+    for d in &deployments {
+        rows.push_str(&row(d));
+    }
+    if deployments.is_empty() {
+        rows.push_str("<tr><td colspan=5 class=empty>No deployments yet.</td></tr>");
+    }
+    let body = format!(
+        "<section><h1>New deployment</h1>\
+         <form id=deploy class=deploy>\
+         <label>Git URL <input name=repo_url required placeholder='https://github.com/you/site.git'></label>\
+         <label>Name <input name=name placeholder='from the repository'></label>\
+         <label>Branch or tag <input name=ref placeholder='default branch'></label>\
+         <label>Admin token <input name=token type=password autocomplete=off></label>\
+         <button>Deploy</button><output id=deploy-result></output></form></section>\
+         <section><h1>Deployments</h1><table id=deployments><thead><tr><th>Name</th><th>Status</th>\
+         <th>Commit</th><th>Live URL</th><th>Created</th></tr></thead><tbody>{rows}</tbody></table>\
+         </section>"
+    );
+    Ok(page("Deployments", &body))
+}
+
+async fn deployment_page<B: Backend>(
+    State(s): State<AppState<B>>,
+    Path(id): Path<String>,
+) -> Result<Html<String>, ApiError> {
+    let d = s
+        .backend
+        .deployment(&id)?
+        .ok_or_else(|| ApiError::not_found(format!("no deployment {id}")))?;
+    let mut dl = String::new();
+    let fields = [
+        ("Repository", d.repo_url.clone()),
+        (
+            "Ref",
+            d.git_ref.clone().unwrap_or_else(|| "default branch".into()),
+        ),
+        ("Commit", d.commit.clone().unwrap_or_default()),
+        ("Builder", d.builder.clone().unwrap_or_default()),
+        ("Artifact", d.artifact.clone().unwrap_or_default()),
+        ("Created", d.created_at.clone()),
+        ("Updated", d.updated_at.clone()),
+    ];
+    for (k, v) in fields {
+        let _ = write!(dl, "<dt>{k}</dt><dd class=mono>{}</dd>", esc(&v));
+    }
+    let error = d
+        .error
+        .as_deref()
+        .map(|e| format!("<p class=error>{}</p>", esc(e)))
+        .unwrap_or_default();
+    let body = format!(
+        "<h1>{name} {badge}</h1>{error}<p><a href='{url}'>{url}</a></p><dl>{dl}</dl>\
+         <h2>Log</h2><pre id=log data-deployment='{id}'></pre>",
+        name = esc(&d.name),
+        badge = badge(&d),
+        url = esc(&d.live_url),
+        id = esc(&d.id),
+    );
+    Ok(page(&d.name, &body))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn escapes_markup() {
+        assert_eq!(
+            super::esc("<a href='x'>&\"</a>"),
+            "&lt;a href=&#39;x&#39;&gt;&amp;&quot;&lt;/a&gt;"
+        );
+    }
+}

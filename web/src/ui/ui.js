@@ -1,0 +1,69 @@
+// shoal UI: the deploy form, a self-refreshing deployments table, and the live log.
+"use strict";
+
+function el(tag, attrs, text) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+const form = document.getElementById("deploy");
+if (form) {
+  const token = form.elements.token;
+  token.value = localStorage.getItem("shoal-token") || "";
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const out = document.getElementById("deploy-result");
+    localStorage.setItem("shoal-token", token.value);
+    const body = { repo_url: form.elements.repo_url.value.trim() };
+    for (const k of ["name", "ref"]) if (form.elements[k].value.trim()) body[k] = form.elements[k].value.trim();
+    const res = await fetch("/api/deployments", {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: "Bearer " + token.value },
+      body: JSON.stringify(body),
+    });
+    const json = await res.json().catch(() => ({}));
+    if (res.status === 202) location.href = "/deployments/" + json.id;
+    else out.textContent = (json.error || res.status) + ": " + (json.detail || "");
+  });
+}
+
+const table = document.querySelector("#deployments tbody");
+if (table) {
+  setInterval(async () => {
+    const res = await fetch("/api/deployments");
+    if (!res.ok) return;
+    const rows = (await res.json()).map((d) => {
+      const tr = el("tr", { "data-id": d.id });
+      const name = el("td"); name.append(el("a", { href: "/deployments/" + d.id }, d.name));
+      const status = el("td"); status.append(el("span", { class: "badge " + d.status, "data-status": "" }, d.status));
+      const url = el("td"); url.append(el("a", { href: d.live_url }, d.live_url));
+      tr.append(name, status, el("td", { class: "mono" }, (d.commit || "").slice(0, 12)), url, el("td", {}, d.created_at));
+      return tr;
+    });
+    if (rows.length) table.replaceChildren(...rows);
+  }, 2000);
+}
+
+const log = document.getElementById("log");
+if (log) {
+  const id = log.dataset.deployment;
+  const source = new EventSource("/api/deployments/" + id + "/logs");
+  source.addEventListener("log", (ev) => {
+    const line = JSON.parse(ev.data);
+    const span = el("span", { class: line.level }, `${line.created_at.slice(11, 23)} [${line.step}] ${line.message}\n`);
+    log.append(span);
+    log.scrollTop = log.scrollHeight;
+  });
+  source.addEventListener("status", (ev) => {
+    const badge = document.querySelector("[data-status]");
+    const status = JSON.parse(ev.data).status;
+    if (badge) { badge.textContent = status; badge.className = "badge " + status; }
+  });
+  const finals = ["success", "buildFailed", "distributionFailed", "canceled"];
+  const badge = document.querySelector("[data-status]");
+  const endedAtLoad = badge && finals.includes(badge.textContent);
+  // Reload once when a running deployment ends, to show its final details.
+  source.addEventListener("end", () => { source.close(); if (!endedAtLoad) location.reload(); });
+}
