@@ -71,6 +71,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             .map(|s| s.trim().to_owned())
             .unwrap_or_else(|_| "shoal".into())
     });
+    let _ = std::fs::remove_file(data.join("endpoints.json"));
     // Builds from a previous run are stale whatever happened to them.
     let _ = std::fs::remove_dir_all(data.join("builds"));
     std::fs::create_dir_all(data.join("builds"))?;
@@ -98,6 +99,15 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         max_site_bytes: cfg.max_site_mb * mib,
         allow_local: cfg.allow_local_repos,
     };
+    let ui_addr = SocketAddr::new(cfg.listen, cfg.http_port);
+    let sites_addr = SocketAddr::new(cfg.listen, cfg.sites_port);
+    let ui_listener = tokio::net::TcpListener::bind(ui_addr)
+        .await
+        .with_context(|| format!("binding the UI port {ui_addr}"))?;
+    let sites_listener = tokio::net::TcpListener::bind(sites_addr)
+        .await
+        .with_context(|| format!("binding the sites port {sites_addr}"))?;
+    let (ui_addr, sites_addr) = (ui_listener.local_addr()?, sites_listener.local_addr()?);
     let sites = Sites::new(data.join("sites"));
     let metrics = Arc::new(NodeMetrics::default());
     let (wake_tx, wake_rx) = mpsc::channel(WAKE_BUFFER);
@@ -107,7 +117,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         admin_token,
         site_domain: cfg.site_domain.to_ascii_lowercase(),
-        sites_port: cfg.sites_port,
+        sites_port: sites_addr.port(),
         allow_local: cfg.allow_local_repos,
         ready: Default::default(),
         wake: wake_tx,
@@ -125,14 +135,16 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let http_metrics = Arc::new(web::HttpMetrics::default());
     let ui = web::app(backend.clone(), http_metrics.clone());
     let sites_app = web::sites_app(backend.clone(), http_metrics);
-    let ui_addr = SocketAddr::new(cfg.listen, cfg.http_port);
-    let sites_addr = SocketAddr::new(cfg.listen, cfg.sites_port);
-    let ui_listener = tokio::net::TcpListener::bind(ui_addr)
-        .await
-        .with_context(|| format!("binding the UI port {ui_addr}"))?;
-    let sites_listener = tokio::net::TcpListener::bind(sites_addr)
-        .await
-        .with_context(|| format!("binding the sites port {sites_addr}"))?;
+
+    // Where this peer really listens (ports may be 0 = any), for scripts and tests.
+    let endpoints = serde_json::json!({
+        "http": ui_addr.to_string(),
+        "sites": sites_addr.to_string(),
+        "peer": peer_id,
+    });
+    let tmp = data.join("endpoints.json.tmp");
+    std::fs::write(&tmp, endpoints.to_string())?;
+    std::fs::rename(&tmp, data.join("endpoints.json"))?;
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(Worker::new(shared, cfg.max_builds, wake_rx).run(shutdown_rx.clone()));
@@ -153,6 +165,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     wait_for_signal().await;
     info!("shutting down");
     backend.ready.store(false, Ordering::Relaxed);
+    let _ = std::fs::remove_file(data.join("endpoints.json"));
     let _ = shutdown_tx.send(true);
     while tasks.join_next().await.is_some() {}
     state.flush().await?;

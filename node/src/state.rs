@@ -71,13 +71,18 @@ impl State {
         self.store.flush().await
     }
 
-    /// Writes a new row (or a new version of one) stamped by this peer.
+    /// Writes a new row (or a new version of one) stamped by this peer, and
+    /// makes it durable before returning: a deployment that was accepted, a
+    /// claim or a status change must survive a crash.
     pub fn put(&self, mut rec: DeploymentRecord) -> Result<DeploymentRecord, StoreError> {
         let before = self.deployments.get(rec.id.as_bytes())?.map(|d| d.status);
         rec.stamp = self.clock.now();
         rec.writer = self.peer.clone();
         let key = rec.id.clone();
-        let (merged, _) = self.deployments.merge(key.as_bytes(), rec)?;
+        let (merged, changed) = self.deployments.merge(key.as_bytes(), rec)?;
+        if changed {
+            self.store.flush_now()?;
+        }
         if before != Some(merged.status) {
             let _ = self.events.send(Event::Status {
                 deployment: merged.id.clone(),

@@ -277,7 +277,7 @@ async fn build_and_publish(
                 epoch,
                 Status::BuildFailed,
                 &err.to_string(),
-                &log.step("build"),
+                &log.step(err.step()),
             );
             let _ = state.flush().await;
         }

@@ -70,6 +70,12 @@ impl Store {
         })
     }
 
+    /// Makes every write so far durable, blocking the caller until it is.
+    pub fn flush_now(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
     /// Makes every write so far durable.
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.db.flush_async().await?;

@@ -1,1 +1,360 @@
-//! test harness
+//! Test harness: start real `shoal` peers (temp data dirs, ports chosen by
+//! the OS), make real git repositories, and wait on conditions with
+//! deadlines instead of sleeping.
+
+// A test harness fails loudly on purpose.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const TOKEN: &str = "test-admin-token";
+
+/// The `shoal` binary next to this test executable (built by `scripts/test.sh`).
+pub fn shoal_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let bin = dir.join("shoal");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p node --bin shoal` (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Polls `check` until it returns `Some`, or fails after `within`.
+pub async fn wait_until<T, F, Fut>(what: &str, within: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {within:?} waiting for {what}");
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(250));
+    }
+}
+
+/// One running peer.
+pub struct Peer {
+    pub data: tempfile::TempDir,
+    pub args: Vec<String>,
+    child: Option<Child>,
+    pub http: String,
+    pub sites: String,
+    client: reqwest::Client,
+}
+
+impl Peer {
+    /// Starts a peer that accepts local repositories, plus `extra` flags.
+    pub async fn start(extra: &[&str]) -> Result<Self> {
+        let mut flags = vec!["--allow-local-repos"];
+        flags.extend_from_slice(extra);
+        Self::start_with(&flags).await
+    }
+
+    /// Starts a peer with the default policy (no local repositories).
+    pub async fn start_without_local() -> Self {
+        Self::start_with(&[]).await.expect("peer starts")
+    }
+
+    async fn start_with(extra: &[&str]) -> Result<Self> {
+        let data = tempfile::tempdir()?;
+        let mut args: Vec<String> = [
+            "node",
+            "--listen",
+            "127.0.0.1",
+            "--http-port",
+            "0",
+            "--sites-port",
+            "0",
+            "--name",
+            "test",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let mut peer = Peer {
+            data,
+            args,
+            child: None,
+            http: String::new(),
+            sites: String::new(),
+            client: reqwest::Client::new(),
+        };
+        peer.spawn().await?;
+        Ok(peer)
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
+        // A crashed run leaves its endpoints behind; never read those.
+        let _ = std::fs::remove_file(self.data.path().join("data/endpoints.json"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data.path().join("peer.log"))?;
+        let child = Command::new(shoal_bin())
+            .args(&self.args)
+            .arg("--data")
+            .arg(self.data.path().join("data"))
+            .env("SHOAL_ADMIN_TOKEN", TOKEN)
+            .env("SHOAL_LOG", "info,shoal=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting shoal")?;
+        self.child = Some(child);
+        let path = self.data.path().join("data/endpoints.json");
+        let ep: Value = wait_until("the peer to listen", Duration::from_secs(20), || {
+            let path = path.clone();
+            async move {
+                std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|s| serde_json::from_str(&s).ok())
+            }
+        })
+        .await
+        .with_context(|| self.log())?;
+        self.http = format!("http://{}", ep["http"].as_str().unwrap_or_default());
+        self.sites = format!("http://{}", ep["sites"].as_str().unwrap_or_default());
+        let ready = format!("{}/readyz", self.http);
+        let client = self.client.clone();
+        wait_until("readyz", Duration::from_secs(20), || {
+            let (c, u) = (client.clone(), ready.clone());
+            async move {
+                c.get(u)
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+            }
+        })
+        .await
+        .with_context(|| self.log())?;
+        Ok(())
+    }
+
+    /// The peer's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("peer.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Stops the peer: SIGTERM (graceful) or SIGKILL (crash).
+    pub fn stop(&mut self, graceful: bool) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            let sig = if graceful {
+                nix::sys::signal::Signal::SIGTERM
+            } else {
+                nix::sys::signal::Signal::SIGKILL
+            };
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig)?;
+            let status = child.wait()?;
+            if graceful && !status.success() {
+                bail!("peer exited with {status} after SIGTERM\n{}", self.log());
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops and starts the peer on the same data directory.
+    pub async fn restart(&mut self, graceful: bool) -> Result<()> {
+        self.stop(graceful)?;
+        self.spawn().await
+    }
+
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// `POST /api/deployments` with the admin token; returns status and body.
+    pub async fn post_deployment(&self, body: &Value) -> Result<(u16, Value)> {
+        let res = self
+            .client
+            .post(format!("{}/api/deployments", self.http))
+            .bearer_auth(TOKEN)
+            .json(body)
+            .send()
+            .await?;
+        let status = res.status().as_u16();
+        Ok((status, res.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// Deploys `repo` as `name` and returns the deployment id.
+    pub async fn deploy(&self, repo: &Path, name: &str) -> Result<String> {
+        let (status, body) = self
+            .post_deployment(&json!({"repo_url": repo, "name": name}))
+            .await?;
+        if status != 202 {
+            bail!("deploy returned {status}: {body}");
+        }
+        Ok(body["id"].as_str().context("id")?.to_owned())
+    }
+
+    pub async fn get_json(&self, path: &str) -> Result<Value> {
+        Ok(self
+            .client
+            .get(format!("{}{path}", self.http))
+            .send()
+            .await?
+            .json()
+            .await?)
+    }
+
+    pub async fn deployment(&self, id: &str) -> Result<Value> {
+        self.get_json(&format!("/api/deployments/{id}")).await
+    }
+
+    pub async fn deployments(&self) -> Result<Vec<Value>> {
+        Ok(self
+            .get_json("/api/deployments")
+            .await?
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// Log messages of a deployment, one string per line.
+    pub async fn log_text(&self, id: &str) -> Result<String> {
+        let lines = self
+            .get_json(&format!("/api/deployments/{id}/logs"))
+            .await?;
+        Ok(lines
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|l| {
+                format!(
+                    "[{}] {}",
+                    l["step"].as_str().unwrap_or(""),
+                    l["message"].as_str().unwrap_or("")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n"))
+    }
+
+    /// Waits until the deployment reaches a final status and returns it.
+    pub async fn wait_final(&self, id: &str, within: Duration) -> Result<Value> {
+        let result = wait_until(&format!("deployment {id} to end"), within, || async {
+            let d = self.deployment(id).await.ok()?;
+            let s = d["status"].as_str()?;
+            matches!(
+                s,
+                "success" | "buildFailed" | "distributionFailed" | "canceled"
+            )
+            .then_some(d)
+        })
+        .await;
+        match result {
+            Ok(d) => Ok(d),
+            Err(e) => bail!(
+                "{e}\nlog:\n{}\npeer log:\n{}",
+                self.log_text(id).await.unwrap_or_default(),
+                self.log()
+            ),
+        }
+    }
+
+    /// GET a path of site `name`, chosen by the Host header.
+    pub async fn site(&self, name: &str, path: &str) -> Result<reqwest::Response> {
+        Ok(self
+            .client
+            .get(format!("{}{path}", self.sites))
+            .header("host", format!("{name}.localhost"))
+            .send()
+            .await?)
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A git repository made on the fly.
+pub struct Repo {
+    pub dir: tempfile::TempDir,
+}
+
+fn git(dir: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=shoal-test",
+            "-c",
+            "user.email=test@shoal.invalid",
+            "-c",
+            "protocol.file.allow=always",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .context("running git")?;
+    if !out.status.success() {
+        bail!(
+            "git {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+impl Repo {
+    /// A repository whose first commit holds `files`.
+    pub fn new(files: &[(&str, &[u8])]) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        git(dir.path(), &["init", "-q"])?;
+        let repo = Repo { dir };
+        repo.commit(files, "initial")?;
+        Ok(repo)
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes `files` and commits them; returns the commit id.
+    pub fn commit(&self, files: &[(&str, &[u8])], message: &str) -> Result<String> {
+        for (rel, data) in files {
+            let p = self.dir.path().join(rel);
+            std::fs::create_dir_all(p.parent().context("parent")?)?;
+            std::fs::write(p, data)?;
+        }
+        git(self.dir.path(), &["add", "-A"])?;
+        git(
+            self.dir.path(),
+            &["commit", "-q", "--allow-empty", "-m", message],
+        )?;
+        git(self.dir.path(), &["rev-parse", "HEAD"])
+    }
+
+    pub fn git(&self, args: &[&str]) -> Result<String> {
+        git(self.dir.path(), args)
+    }
+}

@@ -70,8 +70,14 @@ impl IntoResponse for ApiError {
 /// Turns axum's own rejections (bad JSON, wrong content type, too large) into our shape.
 impl From<axum::extract::rejection::JsonRejection> for ApiError {
     fn from(r: axum::extract::rejection::JsonRejection) -> Self {
+        use axum::extract::rejection::JsonRejection as J;
+        // Malformed or mistyped JSON is a plain bad request; keep 413 and 415.
+        let status = match &r {
+            J::JsonDataError(_) | J::JsonSyntaxError(_) => StatusCode::BAD_REQUEST,
+            _ => r.status(),
+        };
         Self {
-            status: r.status(),
+            status,
             error: "invalid_body",
             detail: r.body_text(),
         }

@@ -92,7 +92,11 @@ async fn handle<B: Backend>(State(s): State<AppState<B>>, req: Request<Body>) ->
         &s.metrics.site_requests_not_found
     };
     counter.fetch_add(1, Ordering::Relaxed);
-    if let Some(n) = http_body::Body::size_hint(res.body()).exact() {
+    let length = res
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    if let Some(n) = length {
         s.metrics.site_bytes_served.fetch_add(n, Ordering::Relaxed);
     }
     res

@@ -95,6 +95,18 @@ pub enum BuildError {
     Io(#[from] std::io::Error),
 }
 
+impl BuildError {
+    /// The step the failure belongs to in the log.
+    pub fn step(&self) -> &'static str {
+        match self {
+            BuildError::Clone(_) => "clone",
+            BuildError::Detect(_) | BuildError::MissingTool { .. } => "detect",
+            BuildError::Pack(_) => "pack",
+            _ => "build",
+        }
+    }
+}
+
 /// What a successful build hands on.
 #[derive(Debug)]
 pub struct Built {
@@ -201,12 +213,10 @@ pub async fn run(
     dlog.info(&format!("detected {}", plan.kind));
     for tool in &plan.tools {
         if sandbox::which(tool).is_none() {
-            let err = BuildError::MissingTool {
+            return Err(BuildError::MissingTool {
                 tool: tool.clone(),
                 kind: plan.kind.clone(),
-            };
-            dlog.line(Level::Error, &err.to_string());
-            return Err(err);
+            });
         }
     }
 

@@ -45,12 +45,12 @@ pub struct PackLimits {
     pub max_bytes: u64,
 }
 
+/// Files to pack (relative path, absolute path), sorted, and what was left out.
+type Listing = (Vec<(String, PathBuf)>, Vec<String>);
+
 /// Lists the regular files under `root` as sorted `/`-separated relative
 /// paths, leaving out `.git` and anything that is not a regular file.
-fn list(
-    root: &Path,
-    limits: PackLimits,
-) -> Result<(Vec<(String, PathBuf)>, Vec<String>), PackError> {
+fn list(root: &Path, limits: PackLimits) -> Result<Listing, PackError> {
     let mut files = Vec::new();
     let mut skipped = Vec::new();
     let mut stack = vec![(root.to_path_buf(), String::new())];

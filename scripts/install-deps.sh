@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what shoal needs on Debian/Ubuntu when it is missing.
+#   runtime: git and bubblewrap (the build sandbox), curl
+#   test:    the runtime set plus what the build needs (pkg-config, libssl-dev)
+set -euo pipefail
+what=${1:-runtime}
+pkgs=()
+command -v git > /dev/null || pkgs+=(git)
+command -v bwrap > /dev/null || pkgs+=(bubblewrap)
+command -v curl > /dev/null || pkgs+=(curl)
+if [ "$what" = test ]; then
+  command -v pkg-config > /dev/null || pkgs+=(pkg-config)
+  [ -e /usr/include/openssl/ssl.h ] || pkgs+=(libssl-dev)
+fi
+[ ${#pkgs[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -ne 0 ] || ! command -v apt-get > /dev/null; then
+  echo "missing: ${pkgs[*]}; please install them (shoal builds need bubblewrap as their sandbox)" >&2
+  exit 1
+fi
+echo "installing ${pkgs[*]}…"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq "${pkgs[@]}" > /dev/null
