@@ -78,7 +78,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
 
     let store = p2p::Store::open(&data.join("state")).context("opening the state database")?;
     let state = Arc::new(State::open(store, peer_id.clone())?);
-    let isolation = Isolation::probe(cfg.unsafe_no_sandbox);
+    let isolation = Isolation::probe(cfg.unsafe_no_sandbox, &peer_id);
     match &isolation {
         Isolation::Unavailable(why) => warn!(reason = %why, "builds will fail: no sandbox"),
         Isolation::None => {

@@ -765,3 +765,92 @@ async fn the_ui_lists_deployments_and_shows_one() {
         .unwrap();
     assert_eq!(health.status(), 200);
 }
+
+#[tokio::test]
+async fn the_sandbox_caps_processes_and_memory_and_hides_the_peer() {
+    let peer = Peer::start(&["--build-pids", "48", "--build-memory-mb", "96"])
+        .await
+        .unwrap();
+    let healthz = format!("{}/healthz", peer.http);
+    let data = peer.data.path().join("data");
+    let probe = format!(
+        "[build]\n\
+         install = \"curl -s -m 5 -o /dev/null -w '%{{http_code}}' {healthz} > install-net.txt || true\"\n\
+         command = \"mkdir -p out && mv install-net.txt out/ && (curl -s -m 5 -o /dev/null -w '%{{http_code}}' {healthz} || true) > out/build-net.txt && env > out/env.txt && (test -e {data} && echo visible || echo hidden) > out/data.txt && echo ok > out/index.html\"\n\
+         output = \"out\"\n",
+        data = data.display()
+    );
+    let probe = Repo::new(&[("shoal.toml", probe.as_bytes())]).unwrap();
+    let forks = Repo::new(&[("shoal.toml", b"[build]\ncommand = \"i=0; while [ $i -lt 200 ]; do sleep 20 & i=$((i+1)); done; wait\"\noutput = \".\"\n"), ("index.html", b"x")]).unwrap();
+    let hog = Repo::new(&[("shoal.toml", b"[build]\ncommand = \"perl -e '$x = 7 x (400*1024*1024); print length $x'\"\noutput = \".\"\n"), ("index.html", b"x")]).unwrap();
+
+    let id = peer.deploy(probe.path(), "probe").await.unwrap();
+    let d = peer.wait_final(&id, BUILD).await.unwrap();
+    assert_eq!(
+        d["status"],
+        "success",
+        "{}",
+        peer.log_text(&id).await.unwrap()
+    );
+    let peer_ref = &peer;
+    let get = |path: &'static str| async move {
+        peer_ref
+            .site("probe", path)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    assert_eq!(
+        get("/install-net.txt").await,
+        "200",
+        "the install step may use the network"
+    );
+    assert_eq!(
+        get("/build-net.txt").await,
+        "000",
+        "the build step must not"
+    );
+    let env = get("/env.txt").await;
+    assert!(
+        !env.contains(TOKEN),
+        "the admin token leaked into the build: {env}"
+    );
+    assert!(
+        env.contains("SHOAL_LIVE_URL=http://probe.localhost:"),
+        "{env}"
+    );
+    assert_eq!(
+        get("/data.txt").await.trim(),
+        "hidden",
+        "the peer's data directory is visible in the sandbox"
+    );
+
+    let started = std::time::Instant::now();
+    let id = peer.deploy(forks.path(), "forks").await.unwrap();
+    let d = peer.wait_final(&id, BUILD).await.unwrap();
+    assert_eq!(
+        d["status"], "buildFailed",
+        "the process cap must stop a fork storm"
+    );
+    assert!(d["error"].as_str().unwrap().contains("process cap"), "{d}");
+    assert!(
+        started.elapsed() < Duration::from_secs(19),
+        "the failed build must not wait for its children"
+    );
+
+    let id = peer.deploy(hog.path(), "hog").await.unwrap();
+    let d = peer.wait_final(&id, BUILD).await.unwrap();
+    assert_eq!(
+        d["status"],
+        "buildFailed",
+        "{}",
+        peer.log_text(&id).await.unwrap()
+    );
+    assert!(
+        d["error"].as_str().unwrap().contains("ran out of memory"),
+        "{d}\n{}",
+        peer.log()
+    );
+}

@@ -34,14 +34,16 @@ fn own_path(ctrl: &str) -> Option<String> {
     })
 }
 
-/// A writable place for build cgroups: next to this process if allowed, else at the root.
-fn writable_base(mount: &Path, own: Option<String>) -> Option<PathBuf> {
+/// A writable place for this peer's build cgroups, `shoal-builds/<peer>`:
+/// next to this process if allowed, else at the root of the hierarchy.
+/// Peers sharing a machine never touch each other's cgroups.
+fn writable_base(mount: &Path, own: Option<String>, peer: &str) -> Option<PathBuf> {
     let candidates = own
         .map(|p| mount.join(p.trim_start_matches('/')))
         .into_iter()
         .chain(std::iter::once(mount.to_path_buf()));
     for base in candidates {
-        let dir = base.join("shoal-builds");
+        let dir = base.join("shoal-builds").join(peer);
         if std::fs::create_dir_all(&dir).is_ok() {
             let probe = dir.join(format!("probe-{}", std::process::id()));
             if std::fs::create_dir(&probe).is_ok() {
@@ -53,28 +55,57 @@ fn writable_base(mount: &Path, own: Option<String>) -> Option<PathBuf> {
     None
 }
 
+/// Kills what a previous run of this peer left in its build cgroups.
+fn reap_leftovers(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            let cg = Cgroup {
+                dirs: vec![entry.path()],
+            };
+            cg.kill_all_blocking();
+            let _ = std::fs::remove_dir(entry.path());
+        }
+    }
+}
+
 impl CgroupRoot {
     /// Finds where this peer may create build cgroups, or says why it can't.
-    pub fn probe() -> Result<Self, String> {
+    pub fn probe(peer: &str) -> Result<Self, String> {
         let fs = Path::new(FS);
-        if fs.join("cgroup.controllers").exists() {
+        let root = if fs.join("cgroup.controllers").exists() {
             let ctrls = std::fs::read_to_string(fs.join("cgroup.controllers")).unwrap_or_default();
             if !(ctrls.contains("memory") && ctrls.contains("pids")) {
                 return Err("cgroup v2 without the memory and pids controllers".into());
             }
-            let base = writable_base(fs, own_path("")).ok_or("cgroup v2 is not writable")?;
+            let base = writable_base(fs, own_path(""), peer).ok_or("cgroup v2 is not writable")?;
+            // Children only get the controllers their parents delegate.
+            if let Some(parent) = base.parent() {
+                let _ = std::fs::write(parent.join("cgroup.subtree_control"), "+memory +pids");
+            }
             let _ = std::fs::write(base.join("cgroup.subtree_control"), "+memory +pids");
-            return Ok(CgroupRoot::V2 { base });
+            CgroupRoot::V2 { base }
+        } else {
+            let (mem, pids) = (fs.join("memory"), fs.join("pids"));
+            if !mem.join("cgroup.procs").exists() || !pids.join("cgroup.procs").exists() {
+                return Err("no memory or pids cgroup controller is mounted".into());
+            }
+            let memory = writable_base(&mem, own_path("memory"), peer)
+                .ok_or("the memory cgroup is not writable")?;
+            let pids = writable_base(&pids, own_path("pids"), peer)
+                .ok_or("the pids cgroup is not writable")?;
+            CgroupRoot::V1 { memory, pids }
+        };
+        match &root {
+            CgroupRoot::V1 { memory, pids } => {
+                reap_leftovers(memory);
+                reap_leftovers(pids);
+            }
+            CgroupRoot::V2 { base } => reap_leftovers(base),
         }
-        let (mem, pids) = (fs.join("memory"), fs.join("pids"));
-        if !mem.join("cgroup.procs").exists() || !pids.join("cgroup.procs").exists() {
-            return Err("no memory or pids cgroup controller is mounted".into());
-        }
-        let memory =
-            writable_base(&mem, own_path("memory")).ok_or("the memory cgroup is not writable")?;
-        let pids =
-            writable_base(&pids, own_path("pids")).ok_or("the pids cgroup is not writable")?;
-        Ok(CgroupRoot::V1 { memory, pids })
+        Ok(root)
     }
 
     /// Creates the cgroup `name` with the given caps.
@@ -112,18 +143,27 @@ impl Cgroup {
         self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
     }
 
-    /// Whether the memory cap was hit (the kernel killed something).
+    /// Whether the kernel killed a process for hitting the memory cap
+    /// (`oom_kill N` in v2's memory.events or v1's memory.oom_control).
     pub fn oom_killed(&self) -> bool {
+        self.counter_above_zero(&["memory.events", "memory.oom_control"], "oom_kill ")
+    }
+
+    /// Whether a fork failed because of the process cap (`max N` in pids.events).
+    pub fn pids_exhausted(&self) -> bool {
+        self.counter_above_zero(&["pids.events"], "max ")
+    }
+
+    fn counter_above_zero(&self, files: &[&str], key: &str) -> bool {
         self.dirs.iter().any(|d| {
-            std::fs::read_to_string(d.join("memory.events"))
-                .map(|t| {
-                    t.lines()
-                        .any(|l| l.starts_with("oom_kill ") && !l.ends_with(" 0"))
+            files.iter().any(|file| {
+                std::fs::read_to_string(d.join(file)).is_ok_and(|t| {
+                    t.lines().any(|l| {
+                        l.strip_prefix(key)
+                            .is_some_and(|n| n.trim().parse::<u64>().is_ok_and(|n| n > 0))
+                    })
                 })
-                .or_else(|_| {
-                    std::fs::read_to_string(d.join("memory.failcnt")).map(|t| t.trim() != "0")
-                })
-                .unwrap_or(false)
+            })
         })
     }
 
@@ -139,6 +179,13 @@ impl Cgroup {
             .collect()
     }
 
+    /// Kills every process in the cgroup, without waiting for them to go.
+    fn kill_all_blocking(&self) {
+        for pid in self.pids() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+
     /// Kills every process in the cgroup and removes it.
     pub async fn destroy(self) {
         for _ in 0..50 {
@@ -146,9 +193,7 @@ impl Cgroup {
             if pids.is_empty() {
                 break;
             }
-            for pid in pids {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
+            self.kill_all_blocking();
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         for d in &self.dirs {

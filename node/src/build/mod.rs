@@ -184,7 +184,8 @@ pub async fn run(
         job.commit.map(str::to_owned),
         src.clone(),
     );
-    let cloned = tokio::task::spawn_blocking(move || {
+    let stop = flag.clone();
+    let cloning = tokio::task::spawn_blocking(move || {
         clone::clone(
             &url,
             git_ref.as_deref(),
@@ -193,9 +194,18 @@ pub async fn run(
             &limits,
             &flag,
         )
-    })
-    .await
-    .map_err(|e| std::io::Error::other(e.to_string()))?;
+    });
+    // libgit2 only checks the deadline while data flows; a stalled server is
+    // cut off here, and the flag makes the clone thread give up as soon as
+    // libgit2 calls back.
+    let grace = Duration::from_secs(5);
+    let cloned = match tokio::time::timeout(settings.clone_timeout + grace, cloning).await {
+        Ok(joined) => joined.map_err(|e| std::io::Error::other(e.to_string()))?,
+        Err(_) => {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            Err(clone::CloneError::TimedOut)
+        }
+    };
     watcher.abort();
     let cloned = cloned?;
     clog.info(&format!(

@@ -39,7 +39,7 @@ pub enum Isolation {
 
 impl Isolation {
     /// Looks for bubblewrap and writable cgroups.
-    pub fn probe(unsafe_no_sandbox: bool) -> Self {
+    pub fn probe(unsafe_no_sandbox: bool, peer: &str) -> Self {
         if unsafe_no_sandbox {
             return Isolation::None;
         }
@@ -48,7 +48,7 @@ impl Isolation {
                 "bubblewrap (bwrap) is not installed; install it, or start the peer with --unsafe-no-sandbox for trusted repositories only".into(),
             );
         };
-        match CgroupRoot::probe() {
+        match CgroupRoot::probe(peer) {
             Ok(cgroups) => Isolation::Bwrap { bwrap, cgroups },
             Err(why) => Isolation::Unavailable(format!(
                 "cannot cap build memory and processes ({why}); fix cgroups, or start the peer with --unsafe-no-sandbox for trusted repositories only"
@@ -95,6 +95,8 @@ pub enum SandboxError {
     Failed { cmd: String, status: String },
     #[error("`{0}` ran out of memory (the build's memory cap)")]
     OutOfMemory(String),
+    #[error("`{0}` failed: the build reached its process cap")]
+    TooManyProcesses(String),
     #[error("the build exceeded its time limit and was killed")]
     TimedOut,
     #[error("the build was canceled")]
@@ -244,6 +246,7 @@ pub async fn run(
         }
     }
     let oom = cgroup.as_ref().is_some_and(Cgroup::oom_killed);
+    let forks = cgroup.as_ref().is_some_and(Cgroup::pids_exhausted);
     if let Some(cg) = cgroup {
         cg.destroy().await;
     }
@@ -256,6 +259,8 @@ pub async fn run(
         Ok(())
     } else if oom {
         Err(SandboxError::OutOfMemory(display))
+    } else if forks {
+        Err(SandboxError::TooManyProcesses(display))
     } else {
         let status = match status.code() {
             Some(125) if matches!(iso, Isolation::Bwrap { .. }) => {
