@@ -25,6 +25,7 @@ fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
 #[tokio::test]
 async fn plain_html_site_goes_live_and_is_served_byte_for_byte() {
     let blob = random_bytes(300_000, 7);
+    let long_page = "<p>the same paragraph, again and again</p>\n".repeat(400);
     let repo = Repo::new(&[
         ("index.html", b"<h1>home</h1>"),
         ("about.html", b"<h1>about</h1>"),
@@ -32,6 +33,7 @@ async fn plain_html_site_goes_live_and_is_served_byte_for_byte() {
         ("404.html", b"<h1>custom 404</h1>"),
         ("assets/app.css", b"body { color: red }"),
         ("assets/blob.bin", &blob),
+        ("long.html", long_page.as_bytes()),
         (".env", b"SECRET=1"),
     ])
     .unwrap();
@@ -142,15 +144,19 @@ async fn plain_html_site_goes_live_and_is_served_byte_for_byte() {
     assert_eq!(&res.bytes().await.unwrap()[..], &blob[100..200]);
 
     // Text is compressed for clients that ask.
-    let big_page = peer
-        .client()
-        .get(format!("{}/assets/app.css", peer.sites))
-        .header("host", format!("{name}.localhost"))
-        .header("accept-encoding", "gzip")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(big_page.status(), 200);
+    for encoding in ["gzip", "br"] {
+        let page = peer
+            .client()
+            .get(format!("{}/long.html", peer.sites))
+            .header("host", format!("{name}.localhost"))
+            .header("accept-encoding", encoding)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), 200);
+        assert_eq!(page.headers()["content-encoding"], encoding);
+        assert!(page.bytes().await.unwrap().len() < long_page.len() / 5);
+    }
 
     // Metrics count what was served.
     let metrics = peer

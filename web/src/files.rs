@@ -90,7 +90,8 @@ pub fn resolve(root: &Path, path: &str) -> Resolved {
     }
 }
 
-/// A validator that changes whenever the file does.
+/// A validator that changes whenever the file does. Weak, because the
+/// compression layer may serve the same file in several encodings.
 fn etag(path: &Path) -> Option<String> {
     let meta = std::fs::metadata(path).ok()?;
     let modified = meta
@@ -102,7 +103,7 @@ fn etag(path: &Path) -> Option<String> {
     h.update(path.as_os_str().as_encoded_bytes());
     h.update(meta.len().to_be_bytes());
     h.update(modified.as_nanos().to_be_bytes());
-    Some(format!("\"{}\"", hex::encode(&h.finalize()[..12])))
+    Some(format!("W/\"{}\"", hex::encode(&h.finalize()[..12])))
 }
 
 fn if_none_match_hits(req: &Request<Body>, tag: &str) -> bool {
@@ -112,7 +113,7 @@ fn if_none_match_hits(req: &Request<Body>, tag: &str) -> bool {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(|v| v.trim().trim_start_matches("W/"))
-        .any(|v| v == tag || v == "*")
+        .any(|v| v == tag.trim_start_matches("W/") || v == "*")
 }
 
 /// Serves `path` for `req` with ETag, conditional and range handling.
@@ -154,6 +155,12 @@ pub async fn serve_file(path: &Path, req: Request<Body>, status: StatusCode) -> 
             res.headers_mut().insert(header::ETAG, v);
         }
     }
+    // Like most static hosts: caches may keep a copy but must revalidate,
+    // so a new deployment shows up at once.
+    res.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=0, must-revalidate"),
+    );
     res
 }
 
