@@ -11,6 +11,7 @@ command -v curl > /dev/null || pkgs+=(curl)
 if [ "$what" = test ]; then
   command -v pkg-config > /dev/null || pkgs+=(pkg-config)
   [ -e /usr/include/openssl/ssl.h ] || pkgs+=(libssl-dev)
+  command -v npm > /dev/null || pkgs+=(nodejs npm)   # the npm build test
 fi
 [ ${#pkgs[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get > /dev/null; then

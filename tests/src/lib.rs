@@ -14,6 +14,38 @@ use std::time::{Duration, Instant};
 
 pub const TOKEN: &str = "test-admin-token";
 
+/// Deadline for a deployment of a small site to end.
+pub const BUILD: Duration = Duration::from_secs(60);
+
+/// Deterministic pseudo-random bytes (xorshift), for incompressible files.
+pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Sends a raw GET, bypassing any client-side path normalisation; returns
+/// the whole response as text.
+pub fn raw_get(addr: &str, target: &str, host: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr.trim_start_matches("http://")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
 /// The `shoal` binary next to this test executable (built by `scripts/test.sh`).
 pub fn shoal_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");

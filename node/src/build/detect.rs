@@ -208,9 +208,12 @@ fn node_plan(files: &dyn RepoFiles, text: &str) -> Result<Plan, DetectError> {
     } else if files.exists("yarn.lock") {
         ("yarn", Cmd::of(&["yarn", "install", "--frozen-lockfile"]))
     } else if files.exists("package-lock.json") {
-        ("npm", Cmd::of(&["npm", "ci"]))
+        ("npm", Cmd::of(&["npm", "ci", "--no-audit", "--no-fund"]))
     } else {
-        ("npm", Cmd::of(&["npm", "install"]))
+        (
+            "npm",
+            Cmd::of(&["npm", "install", "--no-audit", "--no-fund"]),
+        )
     };
     let has =
         |dep: &str| pkg.dependencies.contains_key(dep) || pkg.dev_dependencies.contains_key(dep);
@@ -333,7 +336,10 @@ mod tests {
             URL,
         )
         .unwrap();
-        assert_eq!(p.install, Some(Cmd::of(&["npm", "ci"])));
+        assert_eq!(
+            p.install,
+            Some(Cmd::of(&["npm", "ci", "--no-audit", "--no-fund"]))
+        );
         assert_eq!(p.output, Output::Dir("out".into()));
         let cra = r#"{"scripts":{"build":"x"},"dependencies":{"react-scripts":"5"}}"#;
         assert_eq!(
