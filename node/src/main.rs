@@ -4,6 +4,7 @@ mod backend;
 mod build;
 mod cli;
 mod config;
+mod election;
 mod metrics;
 mod model;
 mod peer;

@@ -1,11 +1,18 @@
 //! shoal's mesh substrate. It knows nothing of deployments or HTTP: it offers
 //! replicated tables (typed, CBOR-encoded, merged by a law the caller
-//! supplies) on a local sled database, and a hybrid logical clock to order
-//! writes across peers. Gossip and anti-entropy over libp2p build on these
-//! tables; they never need to understand the rows they carry.
+//! supplies) on a local sled database, a hybrid logical clock to order writes
+//! across peers, and the libp2p mesh that keeps those tables the same on
+//! every peer: gossip pushes each change at once, anti-entropy repairs what
+//! gossip lost, heartbeats tell who is alive and how loaded.
 
+pub mod digest;
 pub mod hlc;
+pub mod members;
+pub mod mesh;
+pub mod net;
 pub mod store;
+pub mod sync;
+pub mod wire;
 
 pub use hlc::{Clock, Hlc};
-pub use store::{Merge, Store, StoreError, Table};
+pub use store::{Change, Listener, Merge, Origin, Store, StoreError, Table};

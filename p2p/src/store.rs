@@ -4,17 +4,22 @@
 //! property of the substrate: gossip and anti-entropy must enumerate tables,
 //! digest their rows and apply rows received from other peers without knowing
 //! what a deployment is. A [`Table`] therefore holds opaque keys and
-//! CBOR-encoded rows, and every write goes through the row type's [`Merge`]
-//! law, so a local write and a replicated one are the same operation and
-//! converge to the same state on every peer, in any order.
+//! CBOR-encoded rows, and every write, local or remote, goes through the row
+//! type's [`Merge`] law, so they converge to the same state on every peer, in
+//! any order. Every change is reported to the store's listeners (gossip push,
+//! the node's live events).
 
+use crate::digest::{bucket_of, row_hash, Hash, TableDigest};
 use serde::{de::DeserializeOwned, Serialize};
+use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
 use tracing::warn;
 
-/// Largest encoded row the store accepts; bigger rows are refused, not truncated.
-pub const MAX_ROW_BYTES: usize = 256 * 1024;
+/// Largest encoded row the store accepts; bigger rows are refused, not
+/// truncated. Small enough to travel in one gossip message.
+pub const MAX_ROW_BYTES: usize = 48 * 1024;
 
 /// The join of two versions of the same row. Implementations must be
 /// commutative, associative and idempotent: that is what lets every peer
@@ -33,14 +38,54 @@ pub enum StoreError {
     Decode { table: String, detail: String },
     #[error("row of {0} bytes exceeds the {MAX_ROW_BYTES}-byte limit")]
     TooLarge(usize),
+    #[error("no replicated table named {0}")]
+    NoSuchTable(String),
     #[error("could not move the unreadable database aside: {0}")]
     MoveAside(std::io::Error),
+}
+
+/// Where a write came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Written by this peer: to be pushed to the others.
+    Local,
+    /// Received from another peer.
+    Remote,
+}
+
+/// A row that changed.
+#[derive(Clone, Debug)]
+pub struct Change {
+    pub table: Arc<str>,
+    pub key: Vec<u8>,
+    pub old: Option<Vec<u8>>,
+    pub new: Vec<u8>,
+    pub origin: Origin,
+}
+
+/// Called for every change, synchronously: must not block.
+pub type Listener = Arc<dyn Fn(&Change) + Send + Sync>;
+
+/// A table as replication sees it: raw keys and encoded rows.
+trait RawTable: Send + Sync {
+    fn apply(&self, key: &[u8], value: &[u8]) -> Result<bool, StoreError>;
+}
+
+type Listeners = Arc<RwLock<Vec<Listener>>>;
+
+/// What every handle of one store shares. Tables hold only the listeners,
+/// never this, so there is no reference cycle keeping the database open.
+#[derive(Default)]
+struct Shared {
+    listeners: Listeners,
+    tables: RwLock<HashMap<String, (sled::Tree, Arc<dyn RawTable>, Arc<Mutex<TableDigest>>)>>,
 }
 
 /// The peer's local database: one sled tree per table.
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
+    shared: Arc<Shared>,
 }
 
 impl Store {
@@ -48,26 +93,58 @@ impl Store {
     /// format change), it is moved aside to `dir.broken-<n>` and a fresh one is
     /// created: the mesh resynchronises it from other peers.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        match sled::open(dir) {
-            Ok(db) => Ok(Self { db }),
+        let db = match sled::open(dir) {
+            Ok(db) => db,
             Err(err) => {
                 let aside = free_aside_path(dir);
                 warn!(error = %err, path = %dir.display(), aside = %aside.display(),
                       "state database unreadable; moving it aside and starting empty");
                 std::fs::rename(dir, &aside).map_err(StoreError::MoveAside)?;
-                Ok(Self {
-                    db: sled::open(dir)?,
-                })
+                sled::open(dir)?
             }
-        }
+        };
+        Ok(Self {
+            db,
+            shared: Arc::default(),
+        })
     }
 
-    pub fn table<T>(&self, name: &str) -> Result<Table<T>, StoreError> {
-        Ok(Table {
-            name: name.to_owned(),
-            tree: self.db.open_tree(name)?,
+    /// Opens (or creates) the replicated table `name` with rows of type `T`.
+    pub fn table<T>(&self, name: &str) -> Result<Table<T>, StoreError>
+    where
+        T: Serialize + DeserializeOwned + Merge + Clone + Send + Sync + 'static,
+    {
+        let tree = self.db.open_tree(name)?;
+        let mut digest = TableDigest::default();
+        for item in tree.iter() {
+            let (k, v) = item?;
+            digest.update(&k, None, Some(&v));
+        }
+        let table = Table {
+            name: name.into(),
+            tree: tree.clone(),
+            digest: Arc::new(Mutex::new(digest)),
+            listeners: self.shared.listeners.clone(),
             _row: PhantomData,
-        })
+        };
+        self.shared
+            .tables
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                name.to_owned(),
+                (tree, Arc::new(table.clone()), table.digest.clone()),
+            );
+        Ok(table)
+    }
+
+    /// Registers a listener for every change to every table.
+    pub fn listen(&self, listener: Listener) {
+        self.shared
+            .listeners
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(listener);
     }
 
     /// Makes every write so far durable, blocking the caller until it is.
@@ -81,6 +158,88 @@ impl Store {
         self.db.flush_async().await?;
         Ok(())
     }
+
+    /// Names of the replicated tables, sorted.
+    pub fn table_names(&self) -> Vec<String> {
+        let mut names: Vec<_> = self
+            .shared
+            .tables
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn entry(
+        &self,
+        table: &str,
+    ) -> Result<(sled::Tree, Arc<dyn RawTable>, Arc<Mutex<TableDigest>>), StoreError> {
+        self.shared
+            .tables
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(table)
+            .cloned()
+            .ok_or_else(|| StoreError::NoSuchTable(table.to_owned()))
+    }
+
+    /// Merges a row received from another peer. Returns whether it changed anything.
+    pub fn apply_remote(&self, table: &str, key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
+        if value.len() > MAX_ROW_BYTES {
+            return Err(StoreError::TooLarge(value.len()));
+        }
+        self.entry(table)?.1.apply(key, value)
+    }
+
+    pub fn digest(&self, table: &str) -> Result<TableDigest, StoreError> {
+        Ok(self
+            .entry(table)?
+            .2
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone())
+    }
+
+    /// `(key, row hash)` of the rows in `buckets`, in key order, starting
+    /// after `after`, at most `limit` of them.
+    pub fn hashes_in(
+        &self,
+        table: &str,
+        buckets: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Hash)>, StoreError> {
+        let tree = self.entry(table)?.0;
+        let mut wanted = [false; 256];
+        for b in buckets {
+            wanted[usize::from(*b)] = true;
+        }
+        let range = match after {
+            Some(a) => {
+                tree.range::<&[u8], _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))
+            }
+            None => tree.iter(),
+        };
+        let mut out = Vec::new();
+        for item in range {
+            let (k, v) = item?;
+            if wanted[usize::from(bucket_of(&k))] {
+                out.push((k.to_vec(), row_hash(&k, &v)));
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The encoded row under `key`.
+    pub fn raw(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.entry(table)?.0.get(key)?.map(|v| v.to_vec()))
+    }
 }
 
 fn free_aside_path(dir: &Path) -> PathBuf {
@@ -90,10 +249,12 @@ fn free_aside_path(dir: &Path) -> PathBuf {
         .unwrap_or_else(|| dir.with_extension("broken"))
 }
 
-/// A typed table whose rows merge by `T`'s [`Merge`] law.
+/// A typed, replicated table whose rows merge by `T`'s [`Merge`] law.
 pub struct Table<T> {
-    name: String,
+    name: Arc<str>,
     tree: sled::Tree,
+    digest: Arc<Mutex<TableDigest>>,
+    listeners: Listeners,
     _row: PhantomData<fn() -> T>,
 }
 
@@ -102,12 +263,24 @@ impl<T> Clone for Table<T> {
         Self {
             name: self.name.clone(),
             tree: self.tree.clone(),
+            digest: self.digest.clone(),
+            listeners: self.listeners.clone(),
             _row: PhantomData,
         }
     }
 }
 
-impl<T: Serialize + DeserializeOwned + Merge + Clone> Table<T> {
+impl<T: Serialize + DeserializeOwned + Merge + Clone + Send + Sync + 'static> RawTable
+    for Table<T>
+{
+    fn apply(&self, key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
+        let row = self.decode(value)?;
+        self.merge_from(key, row, Origin::Remote)
+            .map(|(_, changed)| changed)
+    }
+}
+
+impl<T: Serialize + DeserializeOwned + Merge + Clone + Send + Sync + 'static> Table<T> {
     fn encode(row: &T) -> Result<Vec<u8>, StoreError> {
         let bytes = cbor4ii::serde::to_vec(Vec::new(), row)
             .map_err(|e| StoreError::Encode(e.to_string()))?;
@@ -119,7 +292,7 @@ impl<T: Serialize + DeserializeOwned + Merge + Clone> Table<T> {
 
     fn decode(&self, bytes: &[u8]) -> Result<T, StoreError> {
         cbor4ii::serde::from_slice(bytes).map_err(|e| StoreError::Decode {
-            table: self.name.clone(),
+            table: self.name.to_string(),
             detail: e.to_string(),
         })
     }
@@ -128,28 +301,51 @@ impl<T: Serialize + DeserializeOwned + Merge + Clone> Table<T> {
         self.tree.get(key)?.map(|v| self.decode(&v)).transpose()
     }
 
-    /// Merges `row` into whatever the table holds under `key` and returns the
-    /// merged row and whether the stored row changed. Atomic per key.
+    /// Merges a local write into whatever the table holds under `key` and
+    /// returns the merged row and whether the stored row changed.
     pub fn merge(&self, key: &[u8], row: T) -> Result<(T, bool), StoreError> {
-        let incoming = Self::encode(&row)?;
+        self.merge_from(key, row, Origin::Local)
+    }
+
+    fn merge_from(&self, key: &[u8], row: T, origin: Origin) -> Result<(T, bool), StoreError> {
         loop {
             let current = self.tree.get(key)?;
             let merged = match &current {
                 Some(bytes) => self.decode(bytes)?.merge(row.clone()),
                 None => row.clone(),
             };
-            let encoded = if current.is_none() {
-                incoming.clone()
-            } else {
-                Self::encode(&merged)?
-            };
+            let encoded = Self::encode(&merged)?;
             if current.as_deref() == Some(encoded.as_slice()) {
                 return Ok((merged, false));
             }
-            match self.tree.compare_and_swap(key, current, Some(encoded))? {
-                Ok(()) => return Ok((merged, true)),
-                Err(_) => continue, // lost a race with another writer; merge again
+            if self
+                .tree
+                .compare_and_swap(key, current.clone(), Some(encoded.clone()))?
+                .is_err()
+            {
+                continue; // lost a race with another writer; merge again
             }
+            let old = current.map(|c| c.to_vec());
+            self.digest
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .update(key, old.as_deref(), Some(&encoded));
+            let change = Change {
+                table: self.name.clone(),
+                key: key.to_vec(),
+                old,
+                new: encoded,
+                origin,
+            };
+            for listener in self
+                .listeners
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+            {
+                listener(&change);
+            }
+            return Ok((merged, true));
         }
     }
 
@@ -165,6 +361,15 @@ impl<T: Serialize + DeserializeOwned + Merge + Clone> Table<T> {
             }
         }
         Ok(out)
+    }
+
+    /// Number of rows whose key starts with `prefix`.
+    pub fn count_prefix(&self, prefix: &[u8]) -> usize {
+        self.tree.scan_prefix(prefix).keys().count()
+    }
+
+    pub fn decode_value(&self, bytes: &[u8]) -> Result<T, StoreError> {
+        self.decode(bytes)
     }
 
     pub fn len(&self) -> usize {
@@ -189,16 +394,74 @@ mod tests {
         }
     }
 
-    #[test]
-    fn merge_keeps_the_join_and_reports_change() {
+    fn open() -> (tempfile::TempDir, Store, Table<Max>) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db")).unwrap();
-        let t: Table<Max> = store.table("t").unwrap();
+        let t = store.table("t").unwrap();
+        (dir, store, t)
+    }
+
+    #[test]
+    fn merge_keeps_the_join_and_reports_change() {
+        let (_d, _s, t) = open();
         assert_eq!(t.merge(b"k", Max(3)).unwrap(), (Max(3), true));
         assert_eq!(t.merge(b"k", Max(1)).unwrap(), (Max(3), false));
         assert_eq!(t.merge(b"k", Max(9)).unwrap(), (Max(9), true));
         assert_eq!(t.get(b"k").unwrap(), Some(Max(9)));
         assert_eq!(t.scan_prefix(b"").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn remote_rows_merge_and_digests_follow() {
+        let (_d1, a, ta) = open();
+        let (_d2, b, tb) = open();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        b.listen(Arc::new(move |c: &Change| {
+            log.lock().unwrap().push((c.key.clone(), c.origin))
+        }));
+        ta.merge(b"x", Max(5)).unwrap();
+        ta.merge(b"y", Max(1)).unwrap();
+        tb.merge(b"x", Max(2)).unwrap();
+        assert_ne!(a.digest("t").unwrap().root(), b.digest("t").unwrap().root());
+        for key in [&b"x"[..], b"y"] {
+            let raw = a.raw("t", key).unwrap().unwrap();
+            assert!(b.apply_remote("t", key, &raw).unwrap());
+        }
+        assert_eq!(tb.get(b"x").unwrap(), Some(Max(5)));
+        assert_eq!(a.digest("t").unwrap(), b.digest("t").unwrap());
+        assert_eq!(
+            seen.lock().unwrap().last(),
+            Some(&(b"y".to_vec(), Origin::Remote))
+        );
+        assert!(b.apply_remote("t", b"x", b"\xff not cbor").is_err());
+        assert!(matches!(
+            b.apply_remote("nope", b"x", b""),
+            Err(StoreError::NoSuchTable(_))
+        ));
+        let all = b
+            .hashes_in("t", &(0..=255).collect::<Vec<u8>>(), None, 10)
+            .unwrap();
+        assert_eq!(all.len(), 2);
+        let rest = b
+            .hashes_in("t", &(0..=255).collect::<Vec<u8>>(), Some(&all[0].0), 10)
+            .unwrap();
+        assert_eq!(rest, all[1..].to_vec());
+    }
+
+    #[test]
+    fn digests_are_rebuilt_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = {
+            let store = Store::open(&dir.path().join("db")).unwrap();
+            let t: Table<Max> = store.table("t").unwrap();
+            t.merge(b"a", Max(1)).unwrap();
+            store.flush_now().unwrap();
+            store.digest("t").unwrap().root()
+        };
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let _t: Table<Max> = store.table("t").unwrap();
+        assert_eq!(store.digest("t").unwrap().root(), root);
     }
 
     #[test]

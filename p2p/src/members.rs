@@ -1,0 +1,307 @@
+//! Who is in the mesh and how loaded: every peer gossips a heartbeat each
+//! interval; a peer is alive while its last heartbeat is younger than its
+//! lease. Liveness is judged by local receive time, so clock skew between
+//! peers does not matter. The static part of each peer (name, addresses,
+//! region, capabilities, version) is also kept in the replicated `servers`
+//! table, written by that peer only, so peers that are down still show.
+
+use crate::hlc::{Clock, Hlc};
+use crate::store::{Merge, StoreError, Table};
+use crate::wire::{Heartbeat, VERSION};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+/// Heartbeat interval for meshes of up to [`PEERS_PER_SECOND`] peers.
+pub const BASE_INTERVAL: Duration = Duration::from_secs(1);
+/// Shortest lease: a peer silent this long is dead.
+pub const BASE_LEASE: Duration = Duration::from_secs(3);
+/// Above this many peers the interval grows, so that each peer receives at
+/// most this many heartbeats a second and idle traffic stays bounded.
+pub const PEERS_PER_SECOND: usize = 20;
+/// Longest interval.
+const MAX_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The heartbeat interval for a mesh of `peers`.
+pub fn interval_for(peers: usize) -> Duration {
+    if peers <= PEERS_PER_SECOND {
+        BASE_INTERVAL
+    } else {
+        BASE_INTERVAL
+            .mul_f64(peers as f64 / PEERS_PER_SECOND as f64)
+            .min(MAX_INTERVAL)
+    }
+}
+
+/// The lease of a peer that beats every `interval`.
+pub fn lease_for(interval: Duration) -> Duration {
+    (interval * 3).max(BASE_LEASE)
+}
+
+/// What this peer says about itself; the node keeps it current.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LocalInfo {
+    pub name: String,
+    pub region: String,
+    pub version: String,
+    /// See the node's load formula.
+    pub load: f64,
+    pub capabilities: Vec<String>,
+}
+
+/// A row of the `servers` table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServerRecord {
+    pub id: String,
+    pub name: String,
+    pub addresses: Vec<String>,
+    pub region: String,
+    pub capabilities: Vec<String>,
+    pub version: String,
+    pub created_at_ms: u64,
+    pub stamp: Hlc,
+}
+
+impl Merge for ServerRecord {
+    /// Single writer: its newest write wins.
+    fn merge(self, other: Self) -> Self {
+        let key = |r: &Self| (r.stamp, r.id.clone());
+        match key(&self).cmp(&key(&other)) {
+            std::cmp::Ordering::Less => other,
+            std::cmp::Ordering::Greater => self,
+            std::cmp::Ordering::Equal => {
+                if format!("{self:?}") >= format!("{other:?}") {
+                    self
+                } else {
+                    other
+                }
+            }
+        }
+    }
+}
+
+/// One peer as this peer sees it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PeerView {
+    pub id: String,
+    pub name: String,
+    pub addresses: Vec<String>,
+    pub region: String,
+    pub load: f64,
+    pub capabilities: Vec<String>,
+    pub version: String,
+    /// When its last heartbeat arrived (ms since the Unix epoch, local clock).
+    pub last_seen_ms: u64,
+    pub alive: bool,
+    #[serde(rename = "self")]
+    pub is_self: bool,
+}
+
+struct Seen {
+    beat: Heartbeat,
+    at: Instant,
+    wall_ms: u64,
+}
+
+/// The membership view.
+pub struct Members {
+    local: String,
+    seen: RwLock<HashMap<String, Seen>>,
+    servers: Table<ServerRecord>,
+    clock: std::sync::Arc<Clock>,
+}
+
+impl Members {
+    pub fn new(local: String, servers: Table<ServerRecord>, clock: std::sync::Arc<Clock>) -> Self {
+        Self {
+            local,
+            seen: RwLock::new(HashMap::new()),
+            servers,
+            clock,
+        }
+    }
+
+    pub fn local_id(&self) -> &str {
+        &self.local
+    }
+
+    /// Takes note of a heartbeat from another peer.
+    pub fn observe(&self, beat: Heartbeat) {
+        if beat.peer == self.local {
+            return;
+        }
+        let wall_ms = self.clock.now().wall_ms;
+        let mut seen = self.seen.write().unwrap_or_else(|p| p.into_inner());
+        seen.insert(
+            beat.peer.clone(),
+            Seen {
+                beat,
+                at: Instant::now(),
+                wall_ms,
+            },
+        );
+    }
+
+    /// Forgets a peer at once (it said goodbye).
+    pub fn forget(&self, peer: &str) {
+        self.seen
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(peer);
+    }
+
+    fn alive(s: &Seen) -> bool {
+        s.at.elapsed() < lease_for(Duration::from_millis(s.beat.interval_ms))
+    }
+
+    /// How many peers are alive, this one included.
+    pub fn alive_count(&self) -> usize {
+        1 + self
+            .seen
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|s| Self::alive(s))
+            .count()
+    }
+
+    /// Builds this peer's heartbeat and records its static part in `servers`
+    /// when that changed.
+    pub fn beat(
+        &self,
+        info: &LocalInfo,
+        addresses: Vec<String>,
+        interval: Duration,
+    ) -> Result<Heartbeat, StoreError> {
+        let now = self.clock.now();
+        let current = self.servers.get(self.local.as_bytes())?;
+        let unchanged = current.as_ref().is_some_and(|r| {
+            r.name == info.name
+                && r.addresses == addresses
+                && r.region == info.region
+                && r.capabilities == info.capabilities
+                && r.version == info.version
+        });
+        if !unchanged {
+            let row = ServerRecord {
+                id: self.local.clone(),
+                name: info.name.clone(),
+                addresses: addresses.clone(),
+                region: info.region.clone(),
+                capabilities: info.capabilities.clone(),
+                version: info.version.clone(),
+                created_at_ms: current.map_or(now.wall_ms, |r| r.created_at_ms),
+                stamp: now,
+            };
+            self.servers.merge(self.local.as_bytes(), row)?;
+        }
+        Ok(Heartbeat {
+            v: VERSION,
+            peer: self.local.clone(),
+            name: info.name.clone(),
+            addresses,
+            region: info.region.clone(),
+            load: info.load,
+            capabilities: info.capabilities.clone(),
+            version: info.version.clone(),
+            sent_ms: now.wall_ms,
+            interval_ms: interval.as_millis() as u64,
+        })
+    }
+
+    /// Every known peer, this one first, then by id.
+    pub fn view(&self, info: &LocalInfo, addresses: &[String]) -> Vec<PeerView> {
+        let now_ms = self.clock.now().wall_ms;
+        let mut out = vec![PeerView {
+            id: self.local.clone(),
+            name: info.name.clone(),
+            addresses: addresses.to_vec(),
+            region: info.region.clone(),
+            load: info.load,
+            capabilities: info.capabilities.clone(),
+            version: info.version.clone(),
+            last_seen_ms: now_ms,
+            alive: true,
+            is_self: true,
+        }];
+        let seen = self.seen.read().unwrap_or_else(|p| p.into_inner());
+        let mut others: Vec<PeerView> = seen
+            .values()
+            .map(|s| PeerView {
+                id: s.beat.peer.clone(),
+                name: s.beat.name.clone(),
+                addresses: s.beat.addresses.clone(),
+                region: s.beat.region.clone(),
+                load: s.beat.load,
+                capabilities: s.beat.capabilities.clone(),
+                version: s.beat.version.clone(),
+                last_seen_ms: s.wall_ms,
+                alive: Self::alive(s),
+                is_self: false,
+            })
+            .collect();
+        for (_, row) in self.servers.scan_prefix(b"").unwrap_or_default() {
+            if row.id != self.local && !seen.contains_key(&row.id) {
+                others.push(PeerView {
+                    id: row.id,
+                    name: row.name,
+                    addresses: row.addresses,
+                    region: row.region,
+                    load: 0.0,
+                    capabilities: row.capabilities,
+                    version: row.version,
+                    last_seen_ms: row.stamp.wall_ms,
+                    alive: false,
+                    is_self: false,
+                });
+            }
+        }
+        others.sort_by(|a, b| a.id.cmp(&b.id));
+        out.extend(others);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interval_grows_with_the_mesh_and_the_lease_with_it() {
+        assert_eq!(interval_for(10), Duration::from_secs(1));
+        assert_eq!(interval_for(40), Duration::from_secs(2));
+        assert_eq!(interval_for(10_000), MAX_INTERVAL);
+        assert_eq!(lease_for(Duration::from_secs(1)), BASE_LEASE);
+        assert_eq!(lease_for(Duration::from_secs(2)), Duration::from_secs(6));
+    }
+
+    #[test]
+    fn heartbeats_make_peers_alive_and_servers_rows_remember_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::Store::open(&dir.path().join("db")).unwrap();
+        let members = Members::new(
+            "me".into(),
+            store.table("servers").unwrap(),
+            Default::default(),
+        );
+        let info = LocalInfo {
+            name: "a".into(),
+            ..Default::default()
+        };
+        let beat = members
+            .beat(&info, vec!["/ip4/1.2.3.4/tcp/1".into()], BASE_INTERVAL)
+            .unwrap();
+        assert_eq!(beat.peer, "me");
+        members.observe(Heartbeat {
+            peer: "other".into(),
+            ..beat.clone()
+        });
+        let view = members.view(&info, &[]);
+        assert_eq!(view.len(), 2);
+        assert!(view[0].is_self && view[1].alive);
+        assert_eq!(members.alive_count(), 2);
+        members.forget("other");
+        assert_eq!(members.alive_count(), 1);
+    }
+}
