@@ -14,6 +14,9 @@ use tokio::sync::{broadcast, mpsc};
 use web::{ApiError, DeploymentView, Event, LogLine, NewDeployment, Status};
 
 pub struct NodeBackend {
+    pub members: Arc<p2p::members::Members>,
+    pub info: tokio::sync::watch::Receiver<p2p::members::LocalInfo>,
+    pub p2p: p2p::net::Client,
     pub state: Arc<State>,
     pub sites: Sites,
     pub metrics: Arc<NodeMetrics>,
@@ -83,6 +86,7 @@ impl web::Backend for NodeBackend {
             artifact: None,
             created_at_ms: now,
             error: None,
+            requires: Vec::new(),
             stamp: Hlc::default(),
             writer: String::new(),
         };
@@ -124,6 +128,32 @@ impl web::Backend for NodeBackend {
 
     fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.state.subscribe()
+    }
+
+    fn peers(&self) -> Vec<web::PeerInfo> {
+        let info = self.info.borrow().clone();
+        let addrs: Vec<String> = self
+            .p2p
+            .listen_addrs()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        self.members
+            .view(&info, &addrs)
+            .into_iter()
+            .map(|p| web::PeerInfo {
+                id: p.id,
+                name: p.name,
+                addresses: p.addresses,
+                region: p.region,
+                load: p.load,
+                capabilities: p.capabilities,
+                version: p.version,
+                last_seen: crate::model::rfc3339(p.last_seen_ms),
+                alive: p.alive,
+                is_self: p.is_self,
+            })
+            .collect()
     }
 
     fn site_root(&self, name: &str) -> Option<PathBuf> {

@@ -48,12 +48,21 @@ pub struct NodeConfig {
     /// Sites are served as `<name>.<site-domain>`.
     #[arg(long, env = "SHOAL_SITE_DOMAIN", default_value = "localhost")]
     pub site_domain: String,
-    /// libp2p port (used by the mesh).
+    /// libp2p port (`0` = any free port).
     #[arg(long, env = "SHOAL_P2P_PORT", default_value_t = 9000)]
     pub p2p_port: u16,
-    /// Peers to join (multiaddr), repeatable (used by the mesh).
+    /// A peer to join through: a multiaddr such as `/ip4/10.0.0.5/tcp/9000`
+    /// or `/dns4/shoal-0.shoal/tcp/9000` (the peer id is learned on connect).
+    /// Repeatable; comma-separated in the environment variable.
     #[arg(long, env = "SHOAL_BOOTSTRAP", value_delimiter = ',')]
     pub bootstrap: Vec<String>,
+    /// Region label; peers prefer fetching from their own region.
+    #[arg(long, env = "SHOAL_REGION", default_value = "default")]
+    pub region: String,
+    /// Private-network key file (libp2p PSK format): only peers with the
+    /// same key can connect.
+    #[arg(long, env = "SHOAL_PSK_FILE")]
+    pub psk_file: Option<PathBuf>,
     /// Token for writes; generated into `<data>/admin-token` if not given.
     #[arg(long, env = "SHOAL_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,

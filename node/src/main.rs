@@ -5,6 +5,7 @@ mod build;
 mod cli;
 mod config;
 mod election;
+mod load;
 mod metrics;
 mod model;
 mod peer;

@@ -48,6 +48,10 @@ pub struct DeploymentRecord {
     pub live_url: String,
     pub created_at_ms: u64,
     pub error: Option<String>,
+    /// Capabilities the builder needs beyond building at all (a generator
+    /// found missing on an earlier builder, e.g. `hugo`).
+    #[serde(default)]
+    pub requires: Vec<String>,
     /// When and by whom this version of the row was written.
     pub stamp: Hlc,
     pub writer: String,
@@ -67,6 +71,7 @@ impl DeploymentRecord {
             commit: self.commit.clone(),
             status: self.status,
             builder: self.builder.clone(),
+            epoch: self.epoch,
             artifact: self.artifact.clone(),
             live_url: self.live_url.clone(),
             created_at: rfc3339(self.created_at_ms),
@@ -109,6 +114,51 @@ impl Merge for LogRecord {
     /// Rows of a grow-only set: the same key always carries the same line.
     fn merge(self, other: Self) -> Self {
         self.max(other)
+    }
+}
+
+/// What one peer holds of one deployment (single writer: that peer).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DeploymentFile {
+    pub deployment: String,
+    pub peer: String,
+    pub path: String,
+    pub bytes: u64,
+    pub created_at_ms: u64,
+    pub stamp: Hlc,
+}
+
+impl Merge for DeploymentFile {
+    /// Single writer, newest wins (field order puts the stamp last, so the
+    /// total order is deterministic).
+    fn merge(self, other: Self) -> Self {
+        if (self.stamp, &self) >= (other.stamp, &other) {
+            self
+        } else {
+            other
+        }
+    }
+}
+
+/// A site: its name, repository and which deployment is current.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Project {
+    pub name: String,
+    pub repo_url: String,
+    pub current_deployment: Option<String>,
+    pub auto_deploy: bool,
+    pub stamp: Hlc,
+    pub writer: String,
+}
+
+impl Merge for Project {
+    /// Last writer wins by (clock, peer).
+    fn merge(self, other: Self) -> Self {
+        if (self.stamp, &self.writer, &self) >= (other.stamp, &other.writer, &other) {
+            self
+        } else {
+            other
+        }
     }
 }
 
@@ -159,7 +209,7 @@ mod tests {
                 id: "01J0000000000000000000000".into(), name: "site".into(),
                 repo_url: "https://example.com/site.git".into(), git_ref: None, commit: None,
                 status, builder: Some(writer.clone()), epoch, lease_until_ms: 0, artifact: None,
-                live_url: "http://site.localhost/".into(), created_at_ms: 0, error,
+                live_url: "http://site.localhost/".into(), created_at_ms: 0, error, requires: vec![],
                 stamp: Hlc { wall_ms: wall, counter }, writer,
             }
         }

@@ -10,9 +10,11 @@ use crate::site::Sites;
 use crate::state::State;
 use crate::worker::{Shared, Worker};
 use anyhow::Context;
+use p2p::members::LocalInfo;
+use p2p::mesh::Mesh;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
@@ -55,7 +57,8 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             .with_context(|| format!("creating {}", data.join(sub).display()))?;
     }
     let data = data.canonicalize()?;
-    let (peer_id, _) = load_or_create(&data.join("peer-id"), || random_hex(16))?;
+    let keypair = p2p::net::load_or_create_identity(&data.join("identity.key"))?;
+    let peer_id = keypair.public().to_peer_id().to_string();
     let admin_token = match cfg.admin_token.clone().filter(|t| !t.trim().is_empty()) {
         Some(t) => t.trim().to_owned(),
         None => {
@@ -77,7 +80,8 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(data.join("builds"))?;
 
     let store = p2p::Store::open(&data.join("state")).context("opening the state database")?;
-    let state = Arc::new(State::open(store, peer_id.clone())?);
+    let clock = Arc::new(p2p::Clock::new());
+    let state = Arc::new(State::open(store.clone(), peer_id.clone(), clock.clone())?);
     let isolation = Isolation::probe(cfg.unsafe_no_sandbox, &peer_id);
     match &isolation {
         Isolation::Unavailable(why) => warn!(reason = %why, "builds will fail: no sandbox"),
@@ -108,10 +112,57 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the sites port {sites_addr}"))?;
     let (ui_addr, sites_addr) = (ui_listener.local_addr()?, sites_listener.local_addr()?);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (info_tx, info_rx) = watch::channel(LocalInfo {
+        name: name.clone(),
+        region: cfg.region.clone(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        load: 0.0,
+        capabilities: crate::load::capabilities(&settings.isolation),
+    });
+    let psk = match &cfg.psk_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the PSK file {}", path.display()))?;
+            Some(p2p::net::parse_psk(&text)?)
+        }
+        None => None,
+    };
+    let bootstrap = cfg
+        .bootstrap
+        .iter()
+        .filter(|b| !b.trim().is_empty())
+        .map(|b| p2p::net::parse_addr(b))
+        .collect::<Result<Vec<_>, _>>()?;
+    let alone = bootstrap.is_empty();
+    let net_cfg = p2p::net::NetConfig {
+        keypair,
+        listen: p2p::net::tcp_listen_addr(cfg.listen, cfg.p2p_port),
+        bootstrap,
+        psk,
+    };
+    let mesh = Mesh::start(net_cfg, store, clock, info_rx.clone(), shutdown_rx.clone())?;
+    let p2p_addrs =
+        tokio::time::timeout(std::time::Duration::from_secs(10), mesh.client.listening())
+            .await
+            .context("the p2p port did not open")??;
+    // A peer with no one to join and no memory of other peers is the first of
+    // its mesh: nothing to catch up. Otherwise it waits to hear from the mesh
+    // (or to find it unreachable) before acting on what it remembers.
+    let first_of_mesh = alone && mesh.members.known_others() == 0;
+    let synced = if first_of_mesh {
+        watch::channel(true).1
+    } else {
+        mesh.synced.clone()
+    };
+    let active_builds = Arc::new(AtomicUsize::new(0));
     let sites = Sites::new(data.join("sites"));
     let metrics = Arc::new(NodeMetrics::default());
     let (wake_tx, wake_rx) = mpsc::channel(WAKE_BUFFER);
     let backend = Arc::new(NodeBackend {
+        members: mesh.members.clone(),
+        info: info_rx.clone(),
+        p2p: mesh.client.clone(),
         state: state.clone(),
         sites: sites.clone(),
         metrics: metrics.clone(),
@@ -129,9 +180,11 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         metrics,
         builds_dir: data.join("builds"),
         artifacts_dir: data.join("artifacts"),
+        members: mesh.members.clone(),
+        info: info_rx,
+        active_builds: active_builds.clone(),
     });
 
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let http_metrics = Arc::new(web::HttpMetrics::default());
     let ui = web::app(backend.clone(), http_metrics.clone());
     let sites_app = web::sites_app(backend.clone(), http_metrics);
@@ -141,13 +194,20 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         "http": ui_addr.to_string(),
         "sites": sites_addr.to_string(),
         "peer": peer_id,
+        "p2p": p2p_addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
     });
     let tmp = data.join("endpoints.json.tmp");
     std::fs::write(&tmp, endpoints.to_string())?;
     std::fs::rename(&tmp, data.join("endpoints.json"))?;
 
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(Worker::new(shared, cfg.max_builds, wake_rx).run(shutdown_rx.clone()));
+    tasks.spawn(Worker::new(shared, cfg.max_builds, wake_rx, synced).run(shutdown_rx.clone()));
+    tasks.spawn(crate::load::report(
+        info_tx,
+        active_builds,
+        data.clone(),
+        shutdown_rx.clone(),
+    ));
     for (listener, app) in [(ui_listener, ui), (sites_listener, sites_app)] {
         let mut stop = shutdown_rx.clone();
         tasks.spawn(async move {
@@ -168,6 +228,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(data.join("endpoints.json"));
     let _ = shutdown_tx.send(true);
     while tasks.join_next().await.is_some() {}
+    mesh.join().await;
     state.flush().await?;
     info!("stopped");
     Ok(())

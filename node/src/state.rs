@@ -1,16 +1,17 @@
 //! The peer's view of the replicated tables, and the one place that writes
-//! them: every change is stamped with the clock, merged by the row's law,
-//! and announced to local subscribers (live logs, the build worker).
+//! them: every change is stamped with the clock and merged by the row's law.
+//! Changes from this peer and from the mesh alike are turned into live
+//! events (status changes, log lines) for the UI and the build worker.
 
-use crate::model::{log_key, log_view, DeploymentRecord, LogRecord};
-use p2p::{Clock, Store, StoreError, Table};
+use crate::model::{log_key, log_view, DeploymentFile, DeploymentRecord, LogRecord, Project};
+use p2p::{Change, Clock, Store, StoreError, Table};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 use tracing::warn;
 use web::{Event, LogLine, Status};
 
-/// Most log lines kept per deployment; the rest is dropped with one marker line.
+/// Most log lines a peer writes per deployment; the rest is dropped with one marker line.
 pub const MAX_LOG_LINES: usize = 5_000;
 /// Longest log message kept; longer ones are cut.
 pub const MAX_LOG_LINE_BYTES: usize = 4 * 1024;
@@ -20,12 +21,18 @@ const EVENT_BUFFER: usize = 1024;
 pub struct State {
     /// This peer's id, written into every row it stamps.
     pub peer: String,
-    clock: Clock,
-    store: Store,
+    pub clock: Arc<Clock>,
+    pub store: Store,
     deployments: Table<DeploymentRecord>,
     logs: Table<LogRecord>,
+    /// Replicated now; written by artifact distribution.
+    #[allow(dead_code)]
+    files: Table<DeploymentFile>,
+    /// Replicated now; written by projects and rollback.
+    #[allow(dead_code)]
+    projects: Table<Project>,
     events: broadcast::Sender<Event>,
-    /// Lines logged per deployment since start (seeded from the table lazily).
+    /// Lines this peer logged per deployment (seeded from the table lazily).
     log_counts: Mutex<HashMap<String, usize>>,
 }
 
@@ -46,15 +53,53 @@ impl Level {
     }
 }
 
+/// Turns a stored change into a live event.
+fn event_for(change: &Change, clock: &Clock) -> Option<Event> {
+    match &*change.table {
+        "deployments" => {
+            let new: DeploymentRecord = cbor4ii::serde::from_slice(&change.new).ok()?;
+            clock.observe(new.stamp);
+            let old = change
+                .old
+                .as_deref()
+                .and_then(|o| cbor4ii::serde::from_slice::<DeploymentRecord>(o).ok());
+            (old.map(|o| o.status) != Some(new.status)).then(|| Event::Status {
+                deployment: new.id.clone(),
+                status: new.status,
+            })
+        }
+        "deployment_logs" => {
+            let rec: LogRecord = cbor4ii::serde::from_slice(&change.new).ok()?;
+            let deployment = std::str::from_utf8(change.key.split(|b| *b == b'/').next()?)
+                .ok()?
+                .to_owned();
+            Some(Event::Log {
+                deployment,
+                line: log_view(&change.key, &rec),
+            })
+        }
+        _ => None,
+    }
+}
+
 impl State {
-    pub fn open(store: Store, peer: String) -> Result<Self, StoreError> {
+    pub fn open(store: Store, peer: String, clock: Arc<Clock>) -> Result<Self, StoreError> {
+        let events = broadcast::channel(EVENT_BUFFER).0;
+        let (tx, c) = (events.clone(), clock.clone());
+        store.listen(Arc::new(move |change: &Change| {
+            if let Some(ev) = event_for(change, &c) {
+                let _ = tx.send(ev);
+            }
+        }));
         Ok(Self {
             peer,
-            clock: Clock::new(),
             deployments: store.table("deployments")?,
             logs: store.table("deployment_logs")?,
+            files: store.table("deployment_files")?,
+            projects: store.table("projects")?,
+            clock,
             store,
-            events: broadcast::channel(EVENT_BUFFER).0,
+            events,
             log_counts: Mutex::new(HashMap::new()),
         })
     }
@@ -75,19 +120,12 @@ impl State {
     /// makes it durable before returning: a deployment that was accepted, a
     /// claim or a status change must survive a crash.
     pub fn put(&self, mut rec: DeploymentRecord) -> Result<DeploymentRecord, StoreError> {
-        let before = self.deployments.get(rec.id.as_bytes())?.map(|d| d.status);
         rec.stamp = self.clock.now();
         rec.writer = self.peer.clone();
         let key = rec.id.clone();
         let (merged, changed) = self.deployments.merge(key.as_bytes(), rec)?;
         if changed {
             self.store.flush_now()?;
-        }
-        if before != Some(merged.status) {
-            let _ = self.events.send(Event::Status {
-                deployment: merged.id.clone(),
-                status: merged.status,
-            });
         }
         Ok(merged)
     }
@@ -126,13 +164,9 @@ impl State {
     pub fn log(&self, deployment: &str, step: &str, level: Level, message: &str) {
         let count = {
             let mut counts = self.log_counts.lock().unwrap_or_else(|p| p.into_inner());
-            let n = counts.entry(deployment.to_owned()).or_insert_with(|| {
-                let prefix = format!("{deployment}/");
-                self.logs
-                    .scan_prefix(prefix.as_bytes())
-                    .map(|r| r.len())
-                    .unwrap_or(0)
-            });
+            let n = counts
+                .entry(deployment.to_owned())
+                .or_insert_with(|| self.logs.count_prefix(format!("{deployment}/").as_bytes()));
             *n += 1;
             *n
         };
@@ -149,15 +183,8 @@ impl State {
             level: level.as_str().into(),
             message,
         };
-        match self.logs.merge(&key, rec.clone()) {
-            Ok(_) => {
-                let line = log_view(&key, &rec);
-                let _ = self.events.send(Event::Log {
-                    deployment: deployment.to_owned(),
-                    line,
-                });
-            }
-            Err(err) => warn!(error = %err, deployment, "could not store a log line"),
+        if let Err(err) = self.logs.merge(&key, rec) {
+            warn!(error = %err, deployment, "could not store a log line");
         }
     }
 

@@ -1,18 +1,25 @@
-//! The build worker: the one task that decides which deployments this peer
-//! builds. It claims a deployment (builder, epoch + 1, lease), renews the
-//! lease while building, and writes every later change fenced by its epoch,
-//! so a peer that lost its claim can never overwrite the winner. Finished
-//! artifacts are installed and the site switched when it is newer than the
-//! version being served.
+//! The build worker: the one task that decides what this peer builds. Every
+//! peer runs the same election over its view of the mesh; the winner claims
+//! a deployment (builder, epoch + 1, lease), renews the lease while
+//! building, and writes every later change fenced by (epoch, builder), so a
+//! peer that lost its claim can never overwrite the winner, and stops as
+//! soon as it sees it lost. If a claim is not made or not renewed in time,
+//! the next peers by rank claim in turn, each waiting a little longer.
+//! Finished artifacts are installed and the site switched when it is newer
+//! than the version being served.
 
-use crate::build::{self, BuildSettings, Job, Logger};
+use crate::build::{self, BuildError, BuildSettings, Job, Logger};
+use crate::election::{self, Candidate};
+use crate::load::BUILD;
 use crate::metrics::NodeMetrics;
 use crate::model::DeploymentRecord;
 use crate::site::{Sites, UnpackLimits};
 use crate::state::{Level, State};
 use crate::validate;
+use p2p::members::{LocalInfo, Members};
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -23,7 +30,9 @@ use web::Status;
 /// How long a claim holds without renewal.
 pub const LEASE: Duration = Duration::from_secs(3);
 /// How often the worker looks for work and renews its leases.
-const TICK: Duration = Duration::from_secs(1);
+const TICK: Duration = Duration::from_millis(500);
+/// Extra wait of each further successor, so they do not stampede.
+const SUCCESSOR_STAGGER: Duration = Duration::from_secs(2);
 
 /// Everything a build task needs, shared.
 pub struct Shared {
@@ -33,6 +42,10 @@ pub struct Shared {
     pub metrics: Arc<NodeMetrics>,
     pub builds_dir: PathBuf,
     pub artifacts_dir: PathBuf,
+    pub members: Arc<Members>,
+    pub info: watch::Receiver<LocalInfo>,
+    /// Builds running on this peer (part of its load).
+    pub active_builds: Arc<AtomicUsize>,
 }
 
 /// A build this peer is running.
@@ -46,16 +59,25 @@ pub struct Worker {
     max_builds: usize,
     /// Nudges from the API ("something was queued").
     wake: mpsc::Receiver<()>,
+    /// True once this peer has caught up with the mesh: before that its view
+    /// is stale and it must not claim anything.
+    synced: watch::Receiver<bool>,
     active: HashMap<String, Active>,
     tasks: JoinSet<String>,
 }
 
 impl Worker {
-    pub fn new(shared: Arc<Shared>, max_builds: usize, wake: mpsc::Receiver<()>) -> Self {
+    pub fn new(
+        shared: Arc<Shared>,
+        max_builds: usize,
+        wake: mpsc::Receiver<()>,
+        synced: watch::Receiver<bool>,
+    ) -> Self {
         Self {
             shared,
             max_builds: max_builds.max(1),
             wake,
+            synced,
             active: HashMap::new(),
             tasks: JoinSet::new(),
         }
@@ -64,16 +86,30 @@ impl Worker {
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut events = self.shared.state.subscribe();
         loop {
             tokio::select! {
                 _ = shutdown.wait_for(|s| *s) => break,
-                _ = tick.tick() => self.renew_leases(),
+                _ = tick.tick() => {
+                    self.renew_leases();
+                    self.stop_lost_builds();
+                }
                 Some(_) = self.wake.recv() => {}
+                ev = events.recv() => {
+                    // Only status changes (a new deployment, a claim, an end) matter here.
+                    if matches!(ev, Ok(web::Event::Log { .. })) {
+                        continue;
+                    }
+                }
                 Some(done) = self.tasks.join_next() => {
                     if let Ok(id) = done {
                         self.active.remove(&id);
+                        self.shared.active_builds.store(self.active.len(), Ordering::Relaxed);
                     }
                 }
+            }
+            if !*self.synced.borrow() {
+                continue;
             }
             if let Err(err) = self.schedule() {
                 warn!(error = %err, "could not read deployments");
@@ -89,9 +125,73 @@ impl Worker {
         let until = self.shared.state.now_ms() + LEASE.as_millis() as u64;
         for (id, a) in &self.active {
             let _ = fenced(&self.shared.state, id, a.epoch, |r| {
-                r.lease_until_ms = until
+                if r.status == Status::Building {
+                    r.lease_until_ms = until;
+                }
             });
         }
+    }
+
+    /// Cancels builds whose claim another peer won (a concurrent claim, or a
+    /// takeover after this peer was thought dead).
+    fn stop_lost_builds(&self) {
+        let me = self.shared.state.peer.as_str();
+        for (id, a) in &self.active {
+            let Ok(Some(row)) = self.shared.state.deployment(id) else {
+                continue;
+            };
+            let lost = row.epoch != a.epoch || row.builder.as_deref() != Some(me);
+            if lost && !*a.cancel.borrow() {
+                let winner = row.builder.unwrap_or_default();
+                info!(deployment = %id, %winner, epoch = row.epoch, "claim lost; stopping this build");
+                Logger::new(self.shared.state.clone(), id, "queue").line(
+                    Level::Warn,
+                    &format!(
+                        "peer {me} stops: peer {winner} holds the claim (epoch {})",
+                        row.epoch
+                    ),
+                );
+                let _ = a.cancel.send(true);
+            }
+        }
+    }
+
+    /// The live peers that could build, as this peer sees them.
+    fn candidates(&self) -> Vec<Candidate> {
+        let info = self.shared.info.borrow().clone();
+        self.shared
+            .members
+            .view(&info, &[])
+            .into_iter()
+            .filter(|p| p.alive)
+            .map(|p| Candidate {
+                id: p.id,
+                load: p.load,
+                capabilities: p.capabilities,
+            })
+            .collect()
+    }
+
+    /// Whether this peer should claim `rec` now: its rank among live
+    /// eligible peers, and how long the deployment has waited for a claim.
+    fn my_turn(&self, rec: &DeploymentRecord, candidates: &[Candidate], now: u64) -> bool {
+        let mut needs = vec![BUILD.to_owned()];
+        needs.extend(rec.requires.iter().cloned());
+        let ranked = election::rank(&rec.id, candidates, &needs);
+        let Some(pos) = ranked.iter().position(|p| *p == self.shared.state.peer) else {
+            return false;
+        };
+        let stagger = SUCCESSOR_STAGGER.as_millis() as u64;
+        let lease = LEASE.as_millis() as u64;
+        let due = match rec.status {
+            // The winner claims at once; if it does not within a lease,
+            // the successors follow, each a little later.
+            Status::Queued if pos == 0 => 0,
+            Status::Queued => rec.stamp.wall_ms + lease + (pos as u64 - 1) * stagger,
+            // An expired claim: the first live peer by rank takes over.
+            _ => rec.lease_until_ms + pos as u64 * stagger,
+        };
+        now >= due
     }
 
     /// Claims what this peer should build, within its build slots.
@@ -100,20 +200,29 @@ impl Worker {
         let now = state.now_ms();
         let mut rows = state.deployments()?;
         rows.reverse(); // oldest first
+        let candidates = self.candidates();
         for rec in rows {
             if self.active.contains_key(&rec.id) {
                 continue;
             }
             let mine = rec.builder.as_deref() == Some(state.peer.as_str());
             let runnable = match rec.status {
-                Status::Queued => true,
-                // Ours but not running here: the peer restarted mid-build.
-                Status::Building => mine || rec.lease_until_ms < now,
+                Status::Queued => self.my_turn(&rec, &candidates, now),
+                // Ours but not running here: this peer restarted mid-build
+                // and, having caught up, still holds the newest claim.
+                Status::Building if mine => true,
+                Status::Building => {
+                    rec.lease_until_ms < now && self.my_turn(&rec, &candidates, now)
+                }
                 Status::Built => mine && !self.artifact_path(&rec).is_some_and(|p| p.is_file()),
                 _ => false,
             };
+            // Built here before a restart, but not unpacked yet: finish that.
+            let unpublished = !self.shared.sites.version_dir(&rec.name, &rec.id).is_dir();
             if rec.status == Status::Built && mine && !runnable {
-                self.spawn_publish(rec);
+                if unpublished {
+                    self.spawn_publish(rec);
+                }
                 continue;
             }
             if !runnable || self.active.len() >= self.max_builds {
@@ -159,6 +268,9 @@ impl Worker {
         log.info(&format!("claimed by peer {} (epoch {epoch})", state.peer));
         let (cancel, cancel_rx) = watch::channel(false);
         self.active.insert(rec.id.clone(), Active { epoch, cancel });
+        self.shared
+            .active_builds
+            .store(self.active.len(), Ordering::Relaxed);
         let shared = self.shared.clone();
         let span = info_span!("deployment", id = %rec.id, name = %rec.name, epoch);
         self.tasks.spawn(
@@ -193,13 +305,21 @@ impl Worker {
     }
 }
 
-/// Applies `change` only if the row is still at `epoch` (fencing).
+/// Applies `change` only if this peer still holds the claim of `epoch`
+/// (fencing): a stale builder's writes are dropped here, and would lose the
+/// merge everywhere else.
 fn fenced(
     state: &State,
     id: &str,
     epoch: u64,
     change: impl FnOnce(&mut DeploymentRecord),
 ) -> Result<bool, p2p::StoreError> {
+    let Some(current) = state.deployment(id)? else {
+        return Ok(false);
+    };
+    if current.epoch != epoch || current.builder.as_deref() != Some(state.peer.as_str()) {
+        return Ok(false);
+    }
     let mut ok = false;
     state.update(id, |r| {
         if r.epoch == epoch {
@@ -269,6 +389,10 @@ async fn build_and_publish(
                 }
             }
         }
+        Err(err) if err.is_cancel() => info!("build stopped"),
+        Err(BuildError::MissingTool { tool, kind }) if someone_has(shared, &tool) => {
+            hand_over(state, &rec.id, epoch, &tool, &kind, &log.step("detect"));
+        }
         Err(err) => {
             warn!(error = %err, "build failed");
             fail(
@@ -284,12 +408,52 @@ async fn build_and_publish(
     }
 }
 
+/// Whether a live peer reports `capability`.
+fn someone_has(shared: &Shared, capability: &str) -> bool {
+    let info = shared.info.borrow().clone();
+    shared
+        .members
+        .view(&info, &[])
+        .iter()
+        .any(|p| p.alive && p.capabilities.iter().any(|c| c == capability))
+}
+
+/// Gives a deployment back to the mesh (a new epoch, queued again) with a
+/// requirement this peer cannot meet, so the election picks a peer that can.
+fn hand_over(state: &State, id: &str, epoch: u64, tool: &str, kind: &str, log: &Logger) {
+    let Ok(Some(current)) = state.deployment(id) else {
+        return;
+    };
+    if current.epoch != epoch || current.builder.as_deref() != Some(state.peer.as_str()) {
+        return;
+    }
+    let _ = state.update(id, |r| {
+        r.epoch = epoch + 1;
+        r.status = Status::Queued;
+        r.builder = None;
+        r.lease_until_ms = 0;
+        if !r.requires.iter().any(|t| t == tool) {
+            r.requires.push(tool.to_owned());
+        }
+    });
+    log.line(
+        Level::Warn,
+        &format!(
+            "{tool} is not installed on peer {}; handing the {kind} build to a peer that has it",
+            state.peer
+        ),
+    );
+}
+
+/// Ends a deployment with `status`, if this peer still holds its claim.
 fn fail(state: &State, id: &str, epoch: u64, status: Status, reason: &str, log: &Logger) {
-    log.line(Level::Error, reason);
-    let _ = fenced(state, id, epoch, |r| {
+    let written = fenced(state, id, epoch, |r| {
         r.status = status;
         r.error = Some(reason.to_owned());
     });
+    if let Ok(true) = written {
+        log.line(Level::Error, reason);
+    }
 }
 
 /// Installs a built artifact into the sites directory and makes it live
@@ -348,10 +512,18 @@ async fn publish(shared: &Shared, rec: &DeploymentRecord) {
         );
         return;
     }
-    if let Ok(true) = fenced(state, &rec.id, rec.epoch, |r| r.status = Status::Success) {
-        if !newer_live {
-            live.info(&format!("live at {}", rec.live_url));
-        }
+    if !newer_live {
+        live.info(&format!("live at {} on peer {}", rec.live_url, state.peer));
+    }
+    // Until artifacts travel between peers, only a mesh of one is complete.
+    let peers = shared.members.alive_count();
+    if peers > 1 {
+        live.info(&format!(
+            "built; {} other live peer(s) do not hold it yet",
+            peers - 1
+        ));
+    } else {
+        let _ = fenced(state, &rec.id, rec.epoch, |r| r.status = Status::Success);
     }
     let _ = state.flush().await;
 }

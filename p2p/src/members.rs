@@ -143,6 +143,14 @@ impl Members {
         );
     }
 
+    /// How many other peers the `servers` table remembers.
+    pub fn known_others(&self) -> usize {
+        self.servers
+            .scan_prefix(b"")
+            .map(|rows| rows.iter().filter(|(_, r)| r.id != self.local).count())
+            .unwrap_or(0)
+    }
+
     /// Forgets a peer at once (it said goodbye).
     pub fn forget(&self, peer: &str) {
         self.seen

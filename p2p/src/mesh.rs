@@ -27,7 +27,7 @@ const CATCH_UP_INTERVAL: Duration = Duration::from_millis(100);
 /// A round that takes longer is abandoned.
 const ROUND_TIMEOUT: Duration = Duration::from_secs(20);
 /// With no peer reachable for this long, a peer starts on its own data.
-const ALONE_AFTER: Duration = Duration::from_secs(3);
+const ALONE_AFTER: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum MeshError {

@@ -452,13 +452,11 @@ impl SwarmTask {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established,
+                num_established: 0,
                 ..
-            } => {
-                if num_established == 0 && self.connected.remove(&peer_id) {
-                    debug!(peer = %peer_id, "disconnected");
-                    self.emit(NetEvent::Disconnected(peer_id));
-                }
+            } if self.connected.remove(&peer_id) => {
+                debug!(peer = %peer_id, "disconnected");
+                self.emit(NetEvent::Disconnected(peer_id));
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
@@ -584,4 +582,46 @@ fn is_unspecified(addr: &Multiaddr) -> bool {
 pub fn parse_psk(text: &str) -> Result<PreSharedKey, NetError> {
     text.parse::<PreSharedKey>()
         .map_err(|e| NetError::Setup(format!("invalid PSK: {e}")))
+}
+
+/// Loads this peer's identity from `path`, creating it (mode 0600) on first start.
+pub fn load_or_create_identity(path: &std::path::Path) -> Result<Keypair, NetError> {
+    let bad =
+        |e: &dyn std::fmt::Display| NetError::Setup(format!("identity {}: {e}", path.display()));
+    match std::fs::read(path) {
+        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes).map_err(|e| bad(&e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let key = Keypair::generate_ed25519();
+            let bytes = key.to_protobuf_encoding().map_err(|e| bad(&e))?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| bad(&e))?;
+            f.write_all(&bytes).map_err(|e| bad(&e))?;
+            Ok(key)
+        }
+        Err(e) => Err(bad(&e)),
+    }
+}
+
+/// Parses a multiaddr given by a user.
+pub fn parse_addr(text: &str) -> Result<Multiaddr, NetError> {
+    text.trim()
+        .parse()
+        .map_err(|e| NetError::Address(format!("{text}: {e}")))
+}
+
+/// The TCP listen address for `ip` and `port`.
+pub fn tcp_listen_addr(ip: std::net::IpAddr, port: u16) -> Multiaddr {
+    let mut addr = Multiaddr::empty();
+    addr.push(match ip {
+        std::net::IpAddr::V4(v4) => Protocol::Ip4(v4),
+        std::net::IpAddr::V6(v6) => Protocol::Ip6(v6),
+    });
+    addr.push(Protocol::Tcp(port));
+    addr
 }

@@ -73,12 +73,20 @@ trait RawTable: Send + Sync {
 
 type Listeners = Arc<RwLock<Vec<Listener>>>;
 
+/// A registered table: its tree, its merge (type-erased) and its digest.
+#[derive(Clone)]
+struct Entry {
+    tree: sled::Tree,
+    raw: Arc<dyn RawTable>,
+    digest: Arc<Mutex<TableDigest>>,
+}
+
 /// What every handle of one store shares. Tables hold only the listeners,
 /// never this, so there is no reference cycle keeping the database open.
 #[derive(Default)]
 struct Shared {
     listeners: Listeners,
-    tables: RwLock<HashMap<String, (sled::Tree, Arc<dyn RawTable>, Arc<Mutex<TableDigest>>)>>,
+    tables: RwLock<HashMap<String, Entry>>,
 }
 
 /// The peer's local database: one sled tree per table.
@@ -133,7 +141,11 @@ impl Store {
             .unwrap_or_else(|p| p.into_inner())
             .insert(
                 name.to_owned(),
-                (tree, Arc::new(table.clone()), table.digest.clone()),
+                Entry {
+                    tree,
+                    raw: Arc::new(table.clone()),
+                    digest: table.digest.clone(),
+                },
             );
         Ok(table)
     }
@@ -173,10 +185,7 @@ impl Store {
         names
     }
 
-    fn entry(
-        &self,
-        table: &str,
-    ) -> Result<(sled::Tree, Arc<dyn RawTable>, Arc<Mutex<TableDigest>>), StoreError> {
+    fn entry(&self, table: &str) -> Result<Entry, StoreError> {
         self.shared
             .tables
             .read()
@@ -191,13 +200,13 @@ impl Store {
         if value.len() > MAX_ROW_BYTES {
             return Err(StoreError::TooLarge(value.len()));
         }
-        self.entry(table)?.1.apply(key, value)
+        self.entry(table)?.raw.apply(key, value)
     }
 
     pub fn digest(&self, table: &str) -> Result<TableDigest, StoreError> {
         Ok(self
             .entry(table)?
-            .2
+            .digest
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone())
@@ -212,7 +221,7 @@ impl Store {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Hash)>, StoreError> {
-        let tree = self.entry(table)?.0;
+        let tree = self.entry(table)?.tree;
         let mut wanted = [false; 256];
         for b in buckets {
             wanted[usize::from(*b)] = true;
@@ -238,7 +247,7 @@ impl Store {
 
     /// The encoded row under `key`.
     pub fn raw(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.entry(table)?.0.get(key)?.map(|v| v.to_vec()))
+        Ok(self.entry(table)?.tree.get(key)?.map(|v| v.to_vec()))
     }
 }
 

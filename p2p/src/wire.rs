@@ -163,7 +163,7 @@ mod tests {
             Err(WireError::Version(0))
         ));
         assert!(matches!(
-            decode::<StateMsg>(&vec![0; 100], 10),
+            decode::<StateMsg>(&[0; 100], 10),
             Err(WireError::TooLarge(100))
         ));
     }

@@ -89,6 +89,10 @@ pub struct Peer {
     child: Option<Child>,
     pub http: String,
     pub sites: String,
+    /// The peer's libp2p listen addresses.
+    pub p2p: Vec<String>,
+    /// The peer's libp2p id.
+    pub id: String,
     client: reqwest::Client,
 }
 
@@ -115,6 +119,8 @@ impl Peer {
             "0",
             "--sites-port",
             "0",
+            "--p2p-port",
+            "0",
             "--name",
             "test",
         ]
@@ -127,6 +133,8 @@ impl Peer {
             child: None,
             http: String::new(),
             sites: String::new(),
+            p2p: Vec::new(),
+            id: String::new(),
             client: reqwest::Client::new(),
         };
         peer.spawn().await?;
@@ -165,6 +173,25 @@ impl Peer {
         .with_context(|| self.log())?;
         self.http = format!("http://{}", ep["http"].as_str().unwrap_or_default());
         self.sites = format!("http://{}", ep["sites"].as_str().unwrap_or_default());
+        self.id = ep["peer"].as_str().unwrap_or_default().to_owned();
+        self.p2p = ep["p2p"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect();
+        // A restarted peer comes back on the same p2p port, as a real one
+        // would: the others redial the address they know.
+        if let Some(port) = self
+            .p2p
+            .first()
+            .and_then(|a| a.rsplit('/').next())
+            .map(str::to_owned)
+        {
+            if let Some(i) = self.args.iter().position(|a| a == "--p2p-port") {
+                self.args[i + 1] = port;
+            }
+        }
         let ready = format!("{}/readyz", self.http);
         let client = self.client.clone();
         wait_until("readyz", Duration::from_secs(20), || {
@@ -324,6 +351,124 @@ impl Drop for Peer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+impl Peer {
+    /// `GET /api/peers`.
+    pub async fn peers(&self) -> Result<Vec<Value>> {
+        Ok(self
+            .get_json("/api/peers")
+            .await?
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// How many peers this one considers alive (itself included).
+    pub async fn alive_peers(&self) -> usize {
+        self.peers()
+            .await
+            .map(|p| p.iter().filter(|p| p["alive"] == true).count())
+            .unwrap_or(0)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+/// A mesh of real peers on loopback: peer 0 is the bootstrap of the others.
+pub struct Mesh {
+    pub peers: Vec<Peer>,
+    /// Flags every peer of this mesh starts with.
+    extra: Vec<String>,
+}
+
+impl Mesh {
+    /// Starts `n` peers and waits until every one sees all of them alive.
+    pub async fn start(n: usize) -> Result<Self> {
+        Self::start_with(n, &[]).await
+    }
+
+    pub async fn start_with(n: usize, extra: &[&str]) -> Result<Self> {
+        let first = Peer::start(extra).await?;
+        let mut mesh = Mesh {
+            peers: vec![first],
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        let joiners: Vec<_> = (1..n).map(|_| tokio::spawn(mesh.joiner())).collect();
+        for j in joiners {
+            mesh.peers.push(j.await??);
+        }
+        mesh.wait_all_alive(Duration::from_secs(30)).await?;
+        Ok(mesh)
+    }
+
+    /// The bootstrap address of the mesh (peer 0's first p2p address).
+    pub fn bootstrap(&self) -> String {
+        self.peers[0].p2p.first().cloned().unwrap_or_default()
+    }
+
+    fn joiner(&self) -> impl Future<Output = Result<Peer>> + Send + 'static {
+        let mut flags: Vec<String> = self.extra.clone();
+        flags.extend(["--bootstrap".to_owned(), self.bootstrap()]);
+        async move {
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            Peer::start(&flags).await
+        }
+    }
+
+    /// Starts one more peer that joins through peer 0.
+    pub async fn add_peer(&mut self) -> Result<&Peer> {
+        let peer = self.joiner().await?;
+        self.peers.push(peer);
+        Ok(&self.peers[self.peers.len() - 1])
+    }
+
+    /// Waits until every running peer sees every running peer alive.
+    pub async fn wait_all_alive(&self, within: Duration) -> Result<()> {
+        let n = self.peers.iter().filter(|p| p.is_running()).count();
+        for peer in self.peers.iter().filter(|p| p.is_running()) {
+            wait_until(
+                &format!("peer {} to see {n} live peers", peer.id),
+                within,
+                || async { (peer.alive_peers().await == n).then_some(()) },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The peer whose id is `id`.
+    pub fn by_id(&self, id: &str) -> Option<&Peer> {
+        self.peers.iter().find(|p| p.id == id)
+    }
+
+    /// Waits until every running peer shows the same deployments and logs,
+    /// and returns one peer's deployment list.
+    pub async fn wait_converged(&self, within: Duration) -> Result<Vec<Value>> {
+        wait_until(
+            "every peer to show the same deployments and logs",
+            within,
+            || async {
+                let mut first: Option<(Vec<Value>, Vec<String>)> = None;
+                for peer in self.peers.iter().filter(|p| p.is_running()) {
+                    let list = peer.deployments().await.ok()?;
+                    let mut logs = Vec::new();
+                    for d in &list {
+                        logs.push(peer.log_text(d["id"].as_str()?).await.ok()?);
+                    }
+                    match &first {
+                        None => first = Some((list, logs)),
+                        Some(f) if *f == (list, logs) => {}
+                        Some(_) => return None,
+                    }
+                }
+                first.map(|f| f.0)
+            },
+        )
+        .await
     }
 }
 

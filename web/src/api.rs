@@ -25,6 +25,7 @@ pub fn routes<B: Backend>() -> Router<AppState<B>> {
         .route("/api/deployments", post(create::<B>).get(list::<B>))
         .route("/api/deployments/{id}", get(show::<B>))
         .route("/api/deployments/{id}/logs", get(logs::<B>))
+        .route("/api/peers", get(peers::<B>))
         .route("/api/openapi.json", get(openapi))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready::<B>))
@@ -45,6 +46,10 @@ async fn ready<B: Backend>(State(s): State<AppState<B>>) -> Response {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
     }
+}
+
+async fn peers<B: Backend>(State(s): State<AppState<B>>) -> Json<Vec<crate::PeerInfo>> {
+    Json(s.backend.peers())
 }
 
 async fn create<B: Backend>(

@@ -14,7 +14,7 @@ mod ui;
 
 pub use error::ApiError;
 pub use metrics::HttpMetrics;
-pub use model::{DeploymentView, Event, LogLine, NewDeployment, Status};
+pub use model::{DeploymentView, Event, LogLine, NewDeployment, PeerInfo, Status};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,6 +32,8 @@ pub trait Backend: Send + Sync + 'static {
     fn logs(&self, id: &str) -> Result<Option<Vec<LogLine>>, ApiError>;
     /// Live log lines and status changes of every deployment.
     fn subscribe(&self) -> broadcast::Receiver<Event>;
+    /// Every known peer, this one first.
+    fn peers(&self) -> Vec<PeerInfo>;
     /// The directory of the version of site `name` being served now.
     fn site_root(&self, name: &str) -> Option<PathBuf>;
     /// The token that authorises writes.

@@ -61,6 +61,8 @@ pub struct DeploymentView {
     pub commit: Option<String>,
     pub status: Status,
     pub builder: Option<String>,
+    /// Claim generation: increases each time a peer (re)claims the build.
+    pub epoch: u64,
     pub artifact: Option<String>,
     pub live_url: String,
     /// RFC 3339 UTC.
@@ -94,6 +96,23 @@ pub struct NewDeployment {
     pub git_ref: Option<String>,
     #[serde(default)]
     pub commit: Option<String>,
+}
+
+/// A peer of the mesh, as `GET /api/peers` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    pub id: String,
+    pub name: String,
+    pub addresses: Vec<String>,
+    pub region: String,
+    pub load: f64,
+    pub capabilities: Vec<String>,
+    pub version: String,
+    /// RFC 3339 UTC: when this peer last heard from it.
+    pub last_seen: String,
+    pub alive: bool,
+    #[serde(rename = "self")]
+    pub is_self: bool,
 }
 
 /// Something happened to a deployment.

@@ -13,6 +13,7 @@ pub fn routes<B: Backend>() -> Router<AppState<B>> {
     Router::new()
         .route("/", get(dashboard::<B>))
         .route("/deployments/{id}", get(deployment_page::<B>))
+        .route("/peers", get(peers_page::<B>))
         .route(
             "/ui.css",
             get(|| async { ([("content-type", "text/css")], CSS) }),
@@ -47,7 +48,8 @@ fn page(title: &str, body: &str) -> Html<String> {
         "<!doctype html><html lang=en><head><meta charset=utf-8>\
          <meta name=viewport content='width=device-width,initial-scale=1'>\
          <title>{} · shoal</title><link rel=stylesheet href=/ui.css></head>\
-         <body><header><a href=/ class=brand>shoal</a></header><main>{body}</main>\
+         <body><header><a href=/ class=brand>shoal</a> <nav><a href=/>Deployments</a> \
+         <a href=/peers>Peers</a></nav></header><main>{body}</main>\
          <script src=/ui.js></script></body></html>",
         esc(title)
     ))
@@ -133,6 +135,33 @@ async fn deployment_page<B: Backend>(
         id = esc(&d.id),
     );
     Ok(page(&d.name, &body))
+}
+
+async fn peers_page<B: Backend>(State(s): State<AppState<B>>) -> Html<String> {
+    let mut rows = String::new();
+    for p in s.backend.peers() {
+        let state = if p.alive { "alive" } else { "dead" };
+        let _ = write!(
+            rows,
+            "<tr data-peer='{id}'><td>{name}{me}</td><td class=mono>{short}</td><td>{region}</td>\
+             <td>{load:.2}</td><td><span class='badge {state}'>{state}</span></td><td>{seen}</td>\
+             <td class=mono>{caps}</td></tr>",
+            id = esc(&p.id),
+            name = esc(&p.name),
+            me = if p.is_self { " (this peer)" } else { "" },
+            short = esc(&p.id[p.id.len().saturating_sub(12)..]),
+            region = esc(&p.region),
+            load = p.load,
+            seen = esc(&p.last_seen),
+            caps = esc(&p.capabilities.join(" ")),
+        );
+    }
+    let body = format!(
+        "<h1>Peers</h1><table id=peers><thead><tr><th>Name</th><th>Peer id</th><th>Region</th>\
+         <th>Load</th><th>State</th><th>Last heartbeat</th><th>Capabilities</th></tr></thead>\
+         <tbody>{rows}</tbody></table>"
+    );
+    page("Peers", &body)
 }
 
 #[cfg(test)]

@@ -96,6 +96,15 @@ pub enum BuildError {
 }
 
 impl BuildError {
+    /// The build was stopped on purpose (canceled, or its claim was lost).
+    pub fn is_cancel(&self) -> bool {
+        matches!(
+            self,
+            BuildError::Sandbox(SandboxError::Canceled)
+                | BuildError::Clone(clone::CloneError::Canceled)
+        )
+    }
+
     /// The step the failure belongs to in the log.
     pub fn step(&self) -> &'static str {
         match self {

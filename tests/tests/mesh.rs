@@ -1,0 +1,261 @@
+//! Several real peers on loopback forming one mesh: replicated state,
+//! exactly-once builds chosen by the election, failover, catch-up, PSK.
+
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+use tests::{wait_until, Mesh, Peer, Repo, BUILD};
+
+/// Waits until `peer` shows deployment `id` with a status in `statuses`.
+async fn wait_status(peer: &Peer, id: &str, statuses: &[&str], within: Duration) -> Value {
+    let result = wait_until(
+        &format!("deployment {id} to reach {statuses:?}"),
+        within,
+        || async {
+            let d = peer.deployment(id).await.ok()?;
+            statuses.contains(&d["status"].as_str()?).then_some(d)
+        },
+    )
+    .await;
+    match result {
+        Ok(d) => d,
+        Err(e) => panic!("{e}\n{}", peer.log_text(id).await.unwrap_or_default()),
+    }
+}
+
+/// Runs a future to completion from a sync context inside the test runtime.
+fn futures_now<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
+fn count(haystack: &str, needle: &str) -> usize {
+    haystack.matches(needle).count()
+}
+
+#[tokio::test]
+async fn a_deployment_on_any_peer_is_built_once_and_seen_everywhere() {
+    let mesh = Mesh::start(5).await.unwrap();
+    let repo = Repo::new(&[("index.html", b"<h1>mesh</h1>")]).unwrap();
+    let id = mesh.peers[4].deploy(repo.path(), "meshsite").await.unwrap();
+    let d = wait_status(&mesh.peers[4], &id, &["built", "success"], BUILD).await;
+    let builder = d["builder"].as_str().unwrap().to_owned();
+    let list = mesh.wait_converged(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["builder"], builder.as_str());
+    // Exactly one peer claimed and cloned it.
+    let log = mesh.peers[0].log_text(&id).await.unwrap();
+    assert_eq!(count(&log, "claimed by peer"), 1, "{log}");
+    assert_eq!(count(&log, "[clone] cloning"), 1, "{log}");
+    assert!(
+        log.contains(&format!("queued by peer {}", mesh.peers[4].id)),
+        "{log}"
+    );
+    // The builder serves it.
+    let b = mesh.by_id(&builder).unwrap();
+    assert_eq!(
+        b.site("meshsite", "/").await.unwrap().text().await.unwrap(),
+        "<h1>mesh</h1>"
+    );
+    // Every peer lists every peer, itself marked.
+    for peer in &mesh.peers {
+        let peers = peer.peers().await.unwrap();
+        assert_eq!(peers.len(), 5);
+        let me: Vec<_> = peers.iter().filter(|p| p["self"] == true).collect();
+        assert_eq!(me.len(), 1);
+        assert_eq!(me[0]["id"], peer.id.as_str());
+        assert!(peers.iter().all(|p| p["capabilities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c == "build")));
+    }
+}
+
+#[tokio::test]
+async fn concurrent_deployments_spread_over_several_builders() {
+    let mesh = Mesh::start(5).await.unwrap();
+    let repo = Repo::new(&[(
+        "shoal.toml",
+        b"[build]\ncommand = \"sleep 3; mkdir -p o; echo ok > o/index.html\"\noutput = \"o\"\n",
+    )])
+    .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let peer = &mesh.peers[i % 5];
+        let (status, body) = peer
+            .post_deployment(&json!({"repo_url": repo.path(), "name": format!("spread-{i}")}))
+            .await
+            .unwrap();
+        assert_eq!(status, 202, "{body}");
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+    let mut builders = HashSet::new();
+    for id in &ids {
+        let d = wait_status(
+            &mesh.peers[0],
+            id,
+            &["built", "success"],
+            Duration::from_secs(120),
+        )
+        .await;
+        builders.insert(d["builder"].as_str().unwrap().to_owned());
+        // Two peers may claim at once; the merge keeps one and the other
+        // stops, so exactly one build runs to completion.
+        let log = mesh.peers[0].log_text(id).await.unwrap();
+        assert_eq!(count(&log, "[build] built in"), 1, "built once: {log}");
+        assert_eq!(count(&log, "[pack] packed"), 1, "built once: {log}");
+    }
+    assert!(
+        builders.len() >= 3,
+        "10 deployments landed on only {} builder(s)",
+        builders.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_builder_is_replaced_and_does_not_resume_when_it_returns() {
+    let mut mesh = Mesh::start(4).await.unwrap();
+    let repo = Repo::new(&[(
+        "shoal.toml",
+        b"[build]\ncommand = \"echo slow-start; sleep 6; mkdir -p o; echo failover > o/index.html\"\noutput = \"o\"\n",
+    )])
+    .unwrap();
+    let id = mesh.peers[0].deploy(repo.path(), "failover").await.unwrap();
+    let watcher = &mesh.peers[0];
+    let first = wait_until("the slow build to start", BUILD, || async {
+        let log = watcher.log_text(&id).await.ok()?;
+        let d = watcher.deployment(&id).await.ok()?;
+        log.contains("slow-start")
+            .then(|| d["builder"].as_str().map(str::to_owned))
+            .flatten()
+    })
+    .await
+    .unwrap();
+    let victim = mesh.peers.iter().position(|p| p.id == first).unwrap();
+    // Watch from a peer that survives.
+    let observer = (victim + 1) % mesh.peers.len();
+    mesh.peers[victim].stop(false).unwrap();
+    let killed_at = Instant::now();
+    let obs = &mesh.peers[observer];
+    let second = wait_until("another peer to claim", Duration::from_secs(15), || async {
+        let d = obs.deployment(&id).await.ok()?;
+        (d["builder"].as_str()? != first && d["epoch"].as_u64()? >= 2)
+            .then(|| d["builder"].as_str().unwrap().to_owned())
+    })
+    .await
+    .unwrap();
+    let took = killed_at.elapsed();
+    assert!(took < Duration::from_secs(5), "takeover took {took:?}");
+    let d = wait_status(obs, &id, &["built", "success"], BUILD).await;
+    assert_eq!(d["builder"], second.as_str());
+    let builder = mesh.by_id(&second).unwrap();
+    assert_eq!(
+        builder
+            .site("failover", "/")
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "failover\n"
+    );
+
+    // The killed peer comes back, catches up, and leaves the build alone.
+    mesh.peers[victim].restart(false).await.unwrap();
+    let back = &mesh.peers[victim];
+    wait_until(
+        "the returning peer to catch up",
+        Duration::from_secs(20),
+        || async {
+            let d = back.deployment(&id).await.ok()?;
+            (d["builder"] == second.as_str() && d["status"] == "built").then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: {:?}\n{}",
+            futures_now(back.deployment(&id)),
+            back.log()
+        )
+    });
+    mesh.wait_converged(Duration::from_secs(20)).await.unwrap();
+    let log = back.log_text(&id).await.unwrap();
+    assert_eq!(
+        count(&log, &format!("claimed by peer {first}")),
+        1,
+        "the old builder must not claim again:\n{log}"
+    );
+    assert_eq!(count(&log, "claimed by peer"), 2, "{log}");
+}
+
+#[tokio::test]
+async fn late_and_restarted_peers_catch_up() {
+    let mut mesh = Mesh::start(3).await.unwrap();
+    let a = Repo::new(&[("index.html", b"a")]).unwrap();
+    let b = Repo::new(&[("index.html", b"b")]).unwrap();
+    let id_a = mesh.peers[0].deploy(a.path(), "site-a").await.unwrap();
+    wait_status(&mesh.peers[0], &id_a, &["built", "success"], BUILD).await;
+
+    // Peer 2 misses an update while it is down.
+    mesh.peers[2].stop(true).unwrap();
+    let id_b = mesh.peers[1].deploy(b.path(), "site-b").await.unwrap();
+    wait_status(&mesh.peers[1], &id_b, &["built", "success"], BUILD).await;
+    mesh.peers[2].restart(true).await.unwrap();
+
+    // And a new peer joins after all of it.
+    mesh.add_peer().await.unwrap();
+    mesh.wait_all_alive(Duration::from_secs(20)).await.unwrap();
+    let list = mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
+    let ids: Vec<_> = list.iter().map(|d| d["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, vec![id_b.as_str(), id_a.as_str()]);
+}
+
+fn psk_file(dir: &std::path::Path, name: &str, hex: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("/key/swarm/psk/1.0.0/\n/base16/\n{hex}\n")).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_private_mesh_keeps_out_peers_with_another_key() {
+    let keys = tempfile::tempdir().unwrap();
+    let good = psk_file(keys.path(), "good", &"ab".repeat(32));
+    let bad = psk_file(keys.path(), "bad", &"cd".repeat(32));
+    let mesh = Mesh::start_with(2, &["--psk-file", &good]).await.unwrap();
+    let boot = mesh.bootstrap();
+    // Both try to join at the same time; only the one with the key gets in.
+    let bad_flags = ["--psk-file", &bad, "--bootstrap", &boot];
+    let good_flags = ["--psk-file", &good, "--bootstrap", &boot];
+    let (intruder, member) = tokio::join!(Peer::start(&bad_flags), Peer::start(&good_flags));
+    let (intruder, member) = (intruder.unwrap(), member.unwrap());
+    wait_until(
+        "the member with the key to join",
+        Duration::from_secs(20),
+        || async { (member.alive_peers().await == 3).then_some(()) },
+    )
+    .await
+    .unwrap();
+    // By now the intruder has had as long as the member to join.
+    for _ in 0..3 {
+        assert_eq!(
+            intruder.alive_peers().await,
+            1,
+            "the intruder sees the mesh"
+        );
+        for p in mesh.peers.iter().chain([&member]) {
+            assert!(
+                p.peers()
+                    .await
+                    .unwrap()
+                    .iter()
+                    .all(|x| x["id"] != intruder.id.as_str()),
+                "the mesh sees the intruder"
+            );
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(intruder.log().contains("bootstrap dial failed") || !intruder.log().is_empty());
+}
