@@ -26,6 +26,7 @@ pub fn routes<B: Backend>() -> Router<AppState<B>> {
         .route("/api/deployments/{id}", get(show::<B>))
         .route("/api/deployments/{id}/logs", get(logs::<B>))
         .route("/api/peers", get(peers::<B>))
+        .route("/api/events", get(events::<B>))
         .route("/api/openapi.json", get(openapi))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready::<B>))
@@ -46,6 +47,31 @@ async fn ready<B: Backend>(State(s): State<AppState<B>>) -> Response {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
     }
+}
+
+/// Status changes of every deployment, live (server-sent events named
+/// `status`, data `{"deployment", "status"}`), as this peer learns of them.
+async fn events<B: Backend>(
+    State(s): State<AppState<B>>,
+) -> Sse<impl Stream<Item = Result<sse::Event, Infallible>>> {
+    let rx = s.backend.subscribe();
+    let stream = stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(Event::Status { deployment, status }) => {
+                    let data =
+                        serde_json::json!({"deployment": deployment, "status": status.as_str()});
+                    return Some((
+                        Ok(sse::Event::default().event("status").data(data.to_string())),
+                        rx,
+                    ));
+                }
+                Ok(Event::Log { .. }) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 async fn peers<B: Backend>(State(s): State<AppState<B>>) -> Json<Vec<crate::PeerInfo>> {
