@@ -71,6 +71,24 @@ impl web::Backend for NodeBackend {
             .map(validate::commit)
             .transpose()
             .map_err(invalid)?;
+        // The same submission again while the first is still waiting or
+        // building (a double click, a retried request) is the same deployment.
+        let repo_url = url.as_str();
+        let in_flight = self
+            .state
+            .deployments()
+            .map_err(internal)?
+            .into_iter()
+            .find(|d| {
+                matches!(d.status, Status::Queued | Status::Building)
+                    && d.name == name
+                    && d.repo_url == repo_url
+                    && d.git_ref == git_ref
+                    && d.commit == commit
+            });
+        if let Some(existing) = in_flight {
+            return Ok(existing.to_view());
+        }
         let now = self.state.now_ms();
         let rec = DeploymentRecord {
             id: ulid::Ulid::new().to_string(),

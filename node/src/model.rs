@@ -244,6 +244,53 @@ mod tests {
         }
     }
 
+    /// The three laws, for any row type.
+    fn laws<T: Merge + Clone + PartialEq + std::fmt::Debug>(
+        a: T,
+        b: T,
+        c: T,
+    ) -> Result<(), TestCaseError> {
+        prop_assert_eq!(a.clone().merge(b.clone()), b.clone().merge(a.clone()));
+        prop_assert_eq!(
+            a.clone().merge(b.clone()).merge(c.clone()),
+            a.clone().merge(b.clone().merge(c.clone()))
+        );
+        prop_assert_eq!(a.clone().merge(a.clone()), a);
+        Ok(())
+    }
+
+    prop_compose! {
+        fn stamp()(wall in 0u64..4, counter in 0u32..2) -> Hlc { Hlc { wall_ms: wall, counter } }
+    }
+    prop_compose! {
+        fn file()(peer in "[ab]", bytes in 0u64..3, stamp in stamp()) -> DeploymentFile {
+            DeploymentFile { deployment: "d".into(), peer, path: "p".into(), bytes, created_at_ms: 0, stamp }
+        }
+    }
+    prop_compose! {
+        fn project()(current in proptest::option::of("[xy]"), auto in any::<bool>(), stamp in stamp(), writer in "[ab]") -> Project {
+            Project { name: "n".into(), repo_url: "r".into(), current_deployment: current, auto_deploy: auto, stamp, writer }
+        }
+    }
+    prop_compose! {
+        fn log()(at in 0u64..3, step in "[ab]", message in "[xy]") -> LogRecord {
+            LogRecord { created_at_ms: at, step, level: "info".into(), message }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn every_table_merges_by_the_laws(
+            f in proptest::array::uniform3(file()),
+            p in proptest::array::uniform3(project()),
+            l in proptest::array::uniform3(log()),
+        ) {
+            let [a, b, c] = f; laws(a, b, c)?;
+            let [a, b, c] = p; laws(a, b, c)?;
+            let [a, b, c] = l; laws(a, b, c)?;
+        }
+    }
+
     #[test]
     fn timestamps_are_rfc3339_utc() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");

@@ -305,6 +305,12 @@ impl Worker {
     }
 }
 
+/// Whether this peer holds the claim of `epoch` on deployment `id`.
+fn holds_claim(state: &State, id: &str, epoch: u64) -> bool {
+    matches!(state.deployment(id), Ok(Some(r))
+        if r.epoch == epoch && r.builder.as_deref() == Some(state.peer.as_str()))
+}
+
 /// Applies `change` only if this peer still holds the claim of `epoch`
 /// (fencing): a stale builder's writes are dropped here, and would lose the
 /// merge everywhere else.
@@ -314,10 +320,7 @@ fn fenced(
     epoch: u64,
     change: impl FnOnce(&mut DeploymentRecord),
 ) -> Result<bool, p2p::StoreError> {
-    let Some(current) = state.deployment(id)? else {
-        return Ok(false);
-    };
-    if current.epoch != epoch || current.builder.as_deref() != Some(state.peer.as_str()) {
+    if !holds_claim(state, id, epoch) {
         return Ok(false);
     }
     let mut ok = false;
@@ -421,10 +424,7 @@ fn someone_has(shared: &Shared, capability: &str) -> bool {
 /// Gives a deployment back to the mesh (a new epoch, queued again) with a
 /// requirement this peer cannot meet, so the election picks a peer that can.
 fn hand_over(state: &State, id: &str, epoch: u64, tool: &str, kind: &str, log: &Logger) {
-    let Ok(Some(current)) = state.deployment(id) else {
-        return;
-    };
-    if current.epoch != epoch || current.builder.as_deref() != Some(state.peer.as_str()) {
+    if !holds_claim(state, id, epoch) {
         return;
     }
     let _ = state.update(id, |r| {
@@ -445,15 +445,18 @@ fn hand_over(state: &State, id: &str, epoch: u64, tool: &str, kind: &str, log: &
     );
 }
 
-/// Ends a deployment with `status`, if this peer still holds its claim.
+/// Ends a deployment with `status`, if this peer still holds its claim. The
+/// reason is logged before the status changes, so whoever sees the end also
+/// finds the reason in the log.
 fn fail(state: &State, id: &str, epoch: u64, status: Status, reason: &str, log: &Logger) {
-    let written = fenced(state, id, epoch, |r| {
+    if !holds_claim(state, id, epoch) {
+        return;
+    }
+    log.line(Level::Error, reason);
+    let _ = fenced(state, id, epoch, |r| {
         r.status = status;
         r.error = Some(reason.to_owned());
     });
-    if let Ok(true) = written {
-        log.line(Level::Error, reason);
-    }
 }
 
 /// Installs a built artifact into the sites directory and makes it live

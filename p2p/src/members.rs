@@ -104,6 +104,12 @@ struct Seen {
     wall_ms: u64,
 }
 
+/// A peer's static part, from the `servers` table (empty until its row arrives).
+fn static_part(row: Option<ServerRecord>) -> (String, Vec<String>, String, Vec<String>, String) {
+    row.map(|r| (r.name, r.addresses, r.region, r.capabilities, r.version))
+        .unwrap_or_default()
+}
+
 /// The membership view.
 pub struct Members {
     local: String,
@@ -127,14 +133,14 @@ impl Members {
     }
 
     /// Takes note of a heartbeat from another peer.
-    pub fn observe(&self, beat: Heartbeat) {
-        if beat.peer == self.local {
+    pub fn observe(&self, peer: String, beat: Heartbeat) {
+        if peer == self.local {
             return;
         }
         let wall_ms = self.clock.now().wall_ms;
         let mut seen = self.seen.write().unwrap_or_else(|p| p.into_inner());
         seen.insert(
-            beat.peer.clone(),
+            peer,
             Seen {
                 beat,
                 at: Instant::now(),
@@ -160,7 +166,7 @@ impl Members {
     }
 
     fn alive(s: &Seen) -> bool {
-        s.at.elapsed() < lease_for(Duration::from_millis(s.beat.interval_ms))
+        s.at.elapsed() < lease_for(Duration::from_millis(u64::from(s.beat.interval_ms)))
     }
 
     /// How many peers are alive, this one included.
@@ -206,15 +212,8 @@ impl Members {
         }
         Ok(Heartbeat {
             v: VERSION,
-            peer: self.local.clone(),
-            name: info.name.clone(),
-            addresses,
-            region: info.region.clone(),
-            load: info.load,
-            capabilities: info.capabilities.clone(),
-            version: info.version.clone(),
-            sent_ms: now.wall_ms,
-            interval_ms: interval.as_millis() as u64,
+            load: info.load as f32,
+            interval_ms: interval.as_millis().min(u128::from(u32::MAX)) as u32,
         })
     }
 
@@ -235,18 +234,22 @@ impl Members {
         }];
         let seen = self.seen.read().unwrap_or_else(|p| p.into_inner());
         let mut others: Vec<PeerView> = seen
-            .values()
-            .map(|s| PeerView {
-                id: s.beat.peer.clone(),
-                name: s.beat.name.clone(),
-                addresses: s.beat.addresses.clone(),
-                region: s.beat.region.clone(),
-                load: s.beat.load,
-                capabilities: s.beat.capabilities.clone(),
-                version: s.beat.version.clone(),
-                last_seen_ms: s.wall_ms,
-                alive: Self::alive(s),
-                is_self: false,
+            .iter()
+            .map(|(id, s)| {
+                let (name, addresses, region, capabilities, version) =
+                    static_part(self.servers.get(id.as_bytes()).ok().flatten());
+                PeerView {
+                    id: id.clone(),
+                    name,
+                    addresses,
+                    region,
+                    load: f64::from(s.beat.load),
+                    capabilities,
+                    version,
+                    last_seen_ms: s.wall_ms,
+                    alive: Self::alive(s),
+                    is_self: false,
+                }
             })
             .collect();
         for (_, row) in self.servers.scan_prefix(b"").unwrap_or_default() {
@@ -275,6 +278,22 @@ impl Members {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #[test]
+        fn servers_rows_merge_by_the_laws(
+            rows in proptest::collection::vec((0u64..3, 0u32..2, "[ab]", "[xy]"), 3)
+        ) {
+            let r: Vec<ServerRecord> = rows.into_iter().map(|(w, c, id, name)| ServerRecord {
+                id, name, addresses: vec![], region: "r".into(), capabilities: vec![], version: "1".into(),
+                created_at_ms: 0, stamp: Hlc { wall_ms: w, counter: c },
+            }).collect();
+            let (a, b, c) = (r[0].clone(), r[1].clone(), r[2].clone());
+            proptest::prop_assert_eq!(a.clone().merge(b.clone()), b.clone().merge(a.clone()));
+            proptest::prop_assert_eq!(a.clone().merge(b.clone()).merge(c.clone()), a.clone().merge(b.clone().merge(c)));
+            proptest::prop_assert_eq!(a.clone().merge(a.clone()), a);
+        }
+    }
+
     #[test]
     fn interval_grows_with_the_mesh_and_the_lease_with_it() {
         assert_eq!(interval_for(10), Duration::from_secs(1));
@@ -300,11 +319,8 @@ mod tests {
         let beat = members
             .beat(&info, vec!["/ip4/1.2.3.4/tcp/1".into()], BASE_INTERVAL)
             .unwrap();
-        assert_eq!(beat.peer, "me");
-        members.observe(Heartbeat {
-            peer: "other".into(),
-            ..beat.clone()
-        });
+        assert_eq!(beat.interval_ms, 1000);
+        members.observe("other".into(), beat.clone());
         let view = members.view(&info, &[]);
         assert_eq!(view.len(), 2);
         assert!(view[0].is_self && view[1].alive);

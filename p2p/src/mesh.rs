@@ -137,16 +137,11 @@ async fn dispatch(
                 source,
                 data,
             } if topic == wire::HEARTBEAT_TOPIC => {
-                match wire::decode_gossip::<Heartbeat>(&data) {
-                    // A heartbeat speaks only for its signer.
-                    Ok(beat) if source.is_some_and(|s| s.to_string() == beat.peer) => {
-                        members.observe(beat)
-                    }
-                    Ok(_) => warn!(
-                        ?source,
-                        "dropping a heartbeat sent on behalf of another peer"
-                    ),
-                    Err(err) => warn!(?source, error = %err, "dropping a malformed heartbeat"),
+                // A heartbeat speaks for its signer (gossipsub checks the signature).
+                match (wire::decode_gossip::<Heartbeat>(&data), source) {
+                    (Ok(beat), Some(peer)) => members.observe(peer.to_string(), beat),
+                    (Ok(_), None) => warn!("dropping an unsigned heartbeat"),
+                    (Err(err), _) => warn!(?source, error = %err, "dropping a malformed heartbeat"),
                 }
             }
             NetEvent::Gossip { topic, .. } => debug!(topic, "gossip on an unknown topic"),

@@ -18,7 +18,6 @@ use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
     identify, kad, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm, Transport,
 };
-use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -35,8 +34,10 @@ const REDIAL: Duration = Duration::from_secs(2);
 const KAD_BOOTSTRAP: Duration = Duration::from_secs(30);
 /// Connections kept open without traffic (the mesh wants them).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
-/// Peers we try to stay connected to.
-const TARGET_CONNECTIONS: usize = 8;
+/// Peers we try to stay connected to. Up to this size the mesh is fully
+/// connected, so a change published with flood-publish reaches every peer in
+/// one hop; larger meshes rely on gossipsub relaying.
+const TARGET_CONNECTIONS: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -204,9 +205,16 @@ fn build_swarm(cfg: &NetConfig) -> Result<Swarm<Behaviour>, NetError> {
             let gossip_cfg = gossipsub::ConfigBuilder::default()
                 .max_transmit_size(wire::MAX_GOSSIP_BYTES)
                 .heartbeat_interval(Duration::from_secs(1))
+                // A sparser mesh than the default (6): with flood-publish the
+                // author already reaches every connected peer, so relays only
+                // cover gaps, and each extra mesh link costs a duplicate of
+                // every message (idle traffic is mostly heartbeats).
+                .mesh_n(3)
+                .mesh_n_low(2)
+                .mesh_n_high(5)
+                .mesh_outbound_min(1)
+                .gossip_lazy(3)
                 .validation_mode(gossipsub::ValidationMode::Strict)
-                // Identical payloads are the same message, whoever relays them.
-                .message_id_fn(|m| gossipsub::MessageId::from(Sha256::digest(&m.data).to_vec()))
                 .build()
                 .map_err(|e| e.to_string())?;
             let gossipsub =

@@ -50,21 +50,16 @@ pub struct StateMsg {
     pub value: ByteBuf,
 }
 
-/// A peer says it is alive, on [`HEARTBEAT_TOPIC`].
+/// A peer says it is alive, on [`HEARTBEAT_TOPIC`]. Deliberately small: it
+/// is the one message every peer sends every second. The sender is the
+/// message's signed source; its name, addresses, region and capabilities
+/// travel once, in its `servers` row.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Heartbeat {
     pub v: u8,
-    pub peer: String,
-    pub name: String,
-    pub addresses: Vec<String>,
-    pub region: String,
-    pub load: f64,
-    pub capabilities: Vec<String>,
-    pub version: String,
-    /// Sender's wall clock (ms since the Unix epoch).
-    pub sent_ms: u64,
+    pub load: f32,
     /// How often the sender beats; receivers scale its lease by this.
-    pub interval_ms: u64,
+    pub interval_ms: u32,
 }
 
 /// The root digest of one table.

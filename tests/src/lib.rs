@@ -49,16 +49,14 @@ pub fn raw_get(addr: &str, target: &str, host: &str) -> String {
 /// The `shoal` binary next to this test executable (built by `scripts/test.sh`).
 pub fn shoal_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory");
-    let bin = dir.join("shoal");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p node --bin shoal` (scripts/test.sh does)",
-        bin.display()
-    );
+    // Test binaries live in target/<profile>/deps, other binaries in target/<profile>.
+    let bin = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join("shoal"))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("no shoal binary near {}: run `cargo build -p node --bin shoal` (scripts/test.sh does)", exe.display()));
     bin
 }
 

@@ -210,3 +210,30 @@ async fn the_ui_lists_deployments_and_shows_one() {
         .unwrap();
     assert_eq!(health.status(), 200);
 }
+
+#[tokio::test]
+async fn the_same_submission_twice_is_one_deployment() {
+    let repo = Repo::new(&[(
+        "shoal.toml",
+        b"[build]\ncommand = \"sleep 1; mkdir -p o; echo once > o/index.html\"\noutput = \"o\"\n",
+    )])
+    .unwrap();
+    let peer = Peer::start(&[]).await.unwrap();
+    let body = json!({"repo_url": repo.path(), "name": "twice"});
+    let (s1, first) = peer.post_deployment(&body).await.unwrap();
+    let (s2, second) = peer.post_deployment(&body).await.unwrap();
+    assert_eq!((s1, s2), (202, 202));
+    assert_eq!(
+        first["id"], second["id"],
+        "a retried submission must not start a second build"
+    );
+    assert_eq!(peer.deployments().await.unwrap().len(), 1);
+    let d = peer
+        .wait_final(first["id"].as_str().unwrap(), BUILD)
+        .await
+        .unwrap();
+    assert_eq!(d["status"], "success");
+    // Once it has ended, the same submission is a new deployment (a redeploy).
+    let (_, third) = peer.post_deployment(&body).await.unwrap();
+    assert_ne!(third["id"], first["id"]);
+}

@@ -171,12 +171,10 @@ fn proc_field(pid: u32, file: &str, key: &str) -> u64 {
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let f: Vec<u64> = after
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    // utime and stime are fields 14 and 15 of stat; after ")" they are the 12th and 13th.
-    f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat; after ")" (field 3 on) they are at 11 and 12.
+    let field = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    field(11) + field(12)
 }
 
 fn loopback_bytes() -> u64 {
