@@ -26,6 +26,8 @@ pub struct NodeBackend {
     pub allow_local: bool,
     /// Set once start-up recovery is done.
     pub ready: AtomicBool,
+    /// True once this peer has caught up with the mesh.
+    pub synced: tokio::sync::watch::Receiver<bool>,
     /// Nudges the build worker.
     pub wake: mpsc::Sender<()>,
 }
@@ -184,7 +186,7 @@ impl web::Backend for NodeBackend {
     }
 
     fn ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.ready.load(Ordering::Relaxed) && *self.synced.borrow()
     }
 
     fn site_domain(&self) -> &str {

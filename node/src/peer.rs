@@ -171,6 +171,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         sites_port: sites_addr.port(),
         allow_local: cfg.allow_local_repos,
         ready: Default::default(),
+        synced: synced.clone(),
         wake: wake_tx,
     });
     let shared = Arc::new(Shared {

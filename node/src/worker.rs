@@ -518,13 +518,11 @@ async fn publish(shared: &Shared, rec: &DeploymentRecord) {
     if !newer_live {
         live.info(&format!("live at {} on peer {}", rec.live_url, state.peer));
     }
-    // Until artifacts travel between peers, only a mesh of one is complete.
+    // Until artifacts travel between peers, only a mesh of one is complete
+    // (alone now, and never having seen another peer).
     let peers = shared.members.alive_count();
-    if peers > 1 {
-        live.info(&format!(
-            "built; {} other live peer(s) do not hold it yet",
-            peers - 1
-        ));
+    if peers > 1 || shared.members.known_others() > 0 {
+        live.info(&format!("built; the other peers do not hold it yet ({peers} alive)"));
     } else {
         let _ = fenced(state, &rec.id, rec.epoch, |r| r.status = Status::Success);
     }
