@@ -472,26 +472,19 @@ async fn publish(shared: &Shared, rec: &DeploymentRecord) {
     let limits = UnpackLimits::with_total(shared.settings.max_site_bytes);
     let unpacked =
         tokio::task::spawn_blocking(move || sites.install(&name, &id, &zip, limits)).await;
+    let unpacked = unpacked
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
     match unpacked {
-        Ok(Ok((files, bytes))) => log.info(&format!("unpacked {files} files, {bytes} bytes")),
-        Ok(Err(err)) => {
-            fail(
-                state,
-                &rec.id,
-                rec.epoch,
-                Status::DistributionFailed,
-                &format!("unpack failed: {err}"),
-                &log,
-            );
-            return;
-        }
+        Ok((files, bytes)) => log.info(&format!("unpacked {files} files, {bytes} bytes")),
         Err(err) => {
+            let reason = format!("unpack failed: {err}");
             fail(
                 state,
                 &rec.id,
                 rec.epoch,
                 Status::DistributionFailed,
-                &format!("unpack failed: {err}"),
+                &reason,
                 &log,
             );
             return;
@@ -522,7 +515,9 @@ async fn publish(shared: &Shared, rec: &DeploymentRecord) {
     // (alone now, and never having seen another peer).
     let peers = shared.members.alive_count();
     if peers > 1 || shared.members.known_others() > 0 {
-        live.info(&format!("built; the other peers do not hold it yet ({peers} alive)"));
+        live.info(&format!(
+            "built; the other peers do not hold it yet ({peers} alive)"
+        ));
     } else {
         let _ = fenced(state, &rec.id, rec.epoch, |r| r.status = Status::Success);
     }
