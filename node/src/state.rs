@@ -125,7 +125,9 @@ impl State {
         let key = rec.id.clone();
         let (merged, changed) = self.deployments.merge(key.as_bytes(), rec)?;
         if changed {
-            self.store.flush_now()?;
+            // fsync can take a while: let this worker's other tasks (the
+            // swarm, gossip) move to another thread meanwhile.
+            tokio::task::block_in_place(|| self.store.flush_now())?;
         }
         Ok(merged)
     }

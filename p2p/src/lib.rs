@@ -5,6 +5,7 @@
 //! every peer: gossip pushes each change at once, anti-entropy repairs what
 //! gossip lost, heartbeats tell who is alive and how loaded.
 
+pub mod beats;
 pub mod digest;
 pub mod hlc;
 pub mod members;

@@ -139,6 +139,13 @@ impl Members {
         }
         let wall_ms = self.clock.now().wall_ms;
         let mut seen = self.seen.write().unwrap_or_else(|p| p.into_inner());
+        // A beat from a slower path (gossip) does not replace a live one
+        // from a faster path (direct): it would stretch the lease.
+        if let Some(old) = seen.get(&peer) {
+            if Self::alive(old) && old.beat.interval_ms < beat.interval_ms {
+                return;
+            }
+        }
         seen.insert(
             peer,
             Seen {

@@ -7,8 +7,8 @@ use crate::hlc::Clock;
 use crate::members::{interval_for, LocalInfo, Members, ServerRecord};
 use crate::net::{self, Client, NetConfig, NetError, NetEvent};
 use crate::store::{Change, Origin, Store, StoreError};
-use crate::sync;
 use crate::wire::{self, Heartbeat, StateMsg, VERSION};
+use crate::{beats, sync};
 use rand::seq::SliceRandom;
 use rand::Rng;
 use serde_bytes::ByteBuf;
@@ -26,6 +26,8 @@ const REPAIR_INTERVAL: Duration = Duration::from_secs(2);
 const CATCH_UP_INTERVAL: Duration = Duration::from_millis(100);
 /// A round that takes longer is abandoned.
 const ROUND_TIMEOUT: Duration = Duration::from_secs(20);
+/// Every how many heartbeats one also goes out over gossipsub.
+const GOSSIP_BEAT_EVERY: u32 = 10;
 /// With no peer reachable for this long, a peer starts on its own data.
 const ALONE_AFTER: Duration = Duration::from_secs(5);
 
@@ -88,6 +90,11 @@ impl Mesh {
             client.clone(),
             connected_rx,
             synced_tx,
+            shutdown.clone(),
+        ));
+        tasks.spawn(beats::accept(
+            client.clone(),
+            members.clone(),
             shutdown.clone(),
         ));
         tasks.spawn(heartbeat(client.clone(), members.clone(), info, shutdown));
@@ -251,13 +258,18 @@ fn jitter(base: Duration) -> Duration {
     base.mul_f64(rand::thread_rng().gen_range(1.0..2.0))
 }
 
-/// Beats every interval (longer in big meshes).
+/// Beats every interval (longer in big meshes): directly to every connected
+/// peer, and every [`GOSSIP_BEAT_EVERY`]th time also over gossipsub, with a
+/// proportionally longer interval, for peers not directly connected.
 async fn heartbeat(
     client: Client,
     members: Arc<Members>,
     info: watch::Receiver<LocalInfo>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut control = client.streams();
+    let mut outbound = beats::Outbound::default();
+    let mut count: u32 = 0;
     loop {
         let interval = interval_for(members.alive_count());
         let addresses: Vec<String> = client
@@ -266,14 +278,22 @@ async fn heartbeat(
             .map(ToString::to_string)
             .collect();
         let local = info.borrow().clone();
-        match members
-            .beat(&local, addresses, interval)
-            .map(|b| wire::encode(&b))
-        {
-            Ok(Ok(bytes)) => {
-                let _ = client.try_publish(wire::HEARTBEAT_TOPIC, bytes);
+        match members.beat(&local, addresses, interval) {
+            Ok(beat) => {
+                if let (Ok(frame), Ok(peers)) = (beats::frame(&beat), client.peers().await) {
+                    outbound.send(&mut control, &peers, &frame).await;
+                }
+                if count % GOSSIP_BEAT_EVERY == 0 {
+                    let slow = Heartbeat {
+                        interval_ms: beat.interval_ms.saturating_mul(GOSSIP_BEAT_EVERY),
+                        ..beat
+                    };
+                    if let Ok(bytes) = wire::encode(&slow) {
+                        let _ = client.try_publish(wire::HEARTBEAT_TOPIC, bytes);
+                    }
+                }
+                count = count.wrapping_add(1);
             }
-            Ok(Err(err)) => warn!(error = %err, "could not encode a heartbeat"),
             Err(err) => warn!(error = %err, "could not record this peer in the servers table"),
         }
         tokio::select! {

@@ -103,11 +103,17 @@ pub struct Client {
     tx: mpsc::Sender<Command>,
     local: PeerId,
     listen: watch::Receiver<Vec<Multiaddr>>,
+    streams: libp2p_stream::Control,
 }
 
 impl Client {
     pub fn local_peer_id(&self) -> PeerId {
         self.local
+    }
+
+    /// A handle for opening and accepting long-lived streams.
+    pub fn streams(&self) -> libp2p_stream::Control {
+        self.streams.clone()
     }
 
     /// The addresses the swarm listens on (empty until it does).
@@ -172,6 +178,8 @@ struct Behaviour {
     kad: kad::Behaviour<kad::store::MemoryStore>,
     gossipsub: gossipsub::Behaviour,
     sync: request_response::cbor::Behaviour<SyncRequest, SyncResponse>,
+    /// Long-lived streams to each peer (heartbeats).
+    stream: libp2p_stream::Behaviour,
 }
 
 fn build_swarm(cfg: &NetConfig) -> Result<Swarm<Behaviour>, NetError> {
@@ -244,6 +252,7 @@ fn build_swarm(cfg: &NetConfig) -> Result<Swarm<Behaviour>, NetError> {
                 kad,
                 gossipsub,
                 sync,
+                stream: libp2p_stream::Behaviour::new(),
             })
         })
         .map_err(|e| setup(&e))?
@@ -279,6 +288,7 @@ pub fn spawn(
     let (events_tx, events) = mpsc::channel(EVENT_BUFFER);
     let (listen_tx, listen) = watch::channel(Vec::new());
     let local = *swarm.local_peer_id();
+    let streams = swarm.behaviour().stream.new_control();
     let bootstrap = cfg
         .bootstrap
         .iter()
@@ -297,7 +307,16 @@ pub fn spawn(
         known: HashMap::new(),
     };
     let handle = tokio::spawn(task.run(shutdown));
-    Ok((Client { tx, local, listen }, events, handle))
+    Ok((
+        Client {
+            tx,
+            local,
+            listen,
+            streams,
+        },
+        events,
+        handle,
+    ))
 }
 
 /// Drops a trailing `/p2p/<id>`: the id is learned on connect.
