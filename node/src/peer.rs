@@ -118,6 +118,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         region: cfg.region.clone(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         load: 0.0,
+        free_slots: u8::try_from(cfg.max_builds.max(1)).unwrap_or(u8::MAX),
         capabilities: crate::load::capabilities(&settings.isolation),
     });
     let psk = match &cfg.psk_file {
@@ -206,6 +207,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     tasks.spawn(crate::load::report(
         info_tx,
         active_builds,
+        cfg.max_builds.max(1),
         data.clone(),
         shutdown_rx.clone(),
     ));

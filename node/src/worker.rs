@@ -163,7 +163,9 @@ impl Worker {
             .members
             .view(&info, &[])
             .into_iter()
-            .filter(|p| p.alive)
+            // A peer with no free build slot cannot take a build: leaving it
+            // out lets the next peer claim at once instead of after a stagger.
+            .filter(|p| p.alive && p.free_slots > 0)
             .map(|p| Candidate {
                 id: p.id,
                 load: p.load,

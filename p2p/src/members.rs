@@ -47,6 +47,8 @@ pub struct LocalInfo {
     pub version: String,
     /// See the node's load formula.
     pub load: f64,
+    /// Builds this peer could start now.
+    pub free_slots: u8,
     pub capabilities: Vec<String>,
 }
 
@@ -89,6 +91,7 @@ pub struct PeerView {
     pub addresses: Vec<String>,
     pub region: String,
     pub load: f64,
+    pub free_slots: u8,
     pub capabilities: Vec<String>,
     pub version: String,
     /// When its last heartbeat arrived (ms since the Unix epoch, local clock).
@@ -220,6 +223,7 @@ impl Members {
         Ok(Heartbeat {
             v: VERSION,
             load: info.load as f32,
+            free_slots: info.free_slots,
             interval_ms: interval.as_millis().min(u128::from(u32::MAX)) as u32,
         })
     }
@@ -233,6 +237,7 @@ impl Members {
             addresses: addresses.to_vec(),
             region: info.region.clone(),
             load: info.load,
+            free_slots: info.free_slots,
             capabilities: info.capabilities.clone(),
             version: info.version.clone(),
             last_seen_ms: now_ms,
@@ -251,6 +256,7 @@ impl Members {
                     addresses,
                     region,
                     load: f64::from(s.beat.load),
+                    free_slots: s.beat.free_slots,
                     capabilities,
                     version,
                     last_seen_ms: s.wall_ms,
@@ -267,6 +273,7 @@ impl Members {
                     addresses: row.addresses,
                     region: row.region,
                     load: 0.0,
+                    free_slots: 0,
                     capabilities: row.capabilities,
                     version: row.version,
                     last_seen_ms: row.stamp.wall_ms,

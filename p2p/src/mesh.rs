@@ -283,7 +283,7 @@ async fn heartbeat(
                 if let (Ok(frame), Ok(peers)) = (beats::frame(&beat), client.peers().await) {
                     outbound.send(&mut control, &peers, &frame).await;
                 }
-                if count % GOSSIP_BEAT_EVERY == 0 {
+                if count.is_multiple_of(GOSSIP_BEAT_EVERY) {
                     let slow = Heartbeat {
                         interval_ms: beat.interval_ms.saturating_mul(GOSSIP_BEAT_EVERY),
                         ..beat

@@ -58,6 +58,8 @@ pub struct StateMsg {
 pub struct Heartbeat {
     pub v: u8,
     pub load: f32,
+    /// Builds the sender could start now; 0 means it cannot take one.
+    pub free_slots: u8,
     /// How often the sender beats; receivers scale its lease by this.
     pub interval_ms: u32,
 }

@@ -108,7 +108,10 @@ async fn propagation(n: usize, writes: usize) {
 }
 
 async fn failover(runs: usize) {
-    let mut mesh = Mesh::start(5).await.expect("mesh");
+    // Enough build slots that the slow builds of earlier runs never saturate the mesh.
+    let mut mesh = Mesh::start_with(5, &["--max-builds", "16"])
+        .await
+        .expect("mesh");
     let repo = Repo::new(&[
         (
             "shoal.toml",
@@ -147,6 +150,10 @@ async fn failover(runs: usize) {
         .await
         .unwrap();
         times.push(killed.elapsed().as_secs_f64());
+        eprintln!(
+            "run {run}: killed peer {victim}, replaced after {:.2} s",
+            killed.elapsed().as_secs_f64()
+        );
         mesh.peers[victim].restart(false).await.unwrap();
         mesh.wait_all_alive(Duration::from_secs(30)).await.unwrap();
     }
