@@ -57,7 +57,24 @@ pub struct DeploymentRecord {
     pub writer: String,
 }
 
+/// Submissions of the same request this close together count as one.
+pub const SAME_TIME_MS: u64 = 5_000;
+
 impl DeploymentRecord {
+    /// Whether `self` repeats the older, still running `earlier`: the same
+    /// site, repository, ref and commit, submitted at about the same time
+    /// (typically on two peers at once, before either saw the other).
+    pub fn repeats(&self, earlier: &DeploymentRecord) -> bool {
+        earlier.id < self.id
+            && matches!(earlier.status, Status::Queued | Status::Building)
+            && earlier.name == self.name
+            && earlier.repo_url == self.repo_url
+            && earlier.git_ref == self.git_ref
+            && (earlier.commit == self.commit
+                || self.commit.is_none()
+                    && self.created_at_ms.saturating_sub(earlier.created_at_ms) < SAME_TIME_MS)
+    }
+
     fn order_key(&self) -> (u64, u8, Hlc, &str) {
         (self.epoch, rank(self.status), self.stamp, &self.writer)
     }
