@@ -31,7 +31,9 @@ const EVENT_BUFFER: usize = 1024;
 /// resolved anew on every dial).
 const REDIAL: Duration = Duration::from_secs(2);
 /// How often Kademlia looks for more peers.
-const KAD_BOOTSTRAP: Duration = Duration::from_secs(30);
+const KAD_BOOTSTRAP: Duration = Duration::from_secs(300);
+/// How often each connection is pinged.
+const PING_INTERVAL: Duration = Duration::from_secs(60);
 /// Connections kept open without traffic (the mesh wants them).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Peers we try to stay connected to. Up to this size the mesh is fully
@@ -248,7 +250,9 @@ fn build_swarm(cfg: &NetConfig) -> Result<Swarm<Behaviour>, NetError> {
                     identify::Config::new("/shoal/id/1".into(), key.public())
                         .with_agent_version(format!("shoal/{}", env!("CARGO_PKG_VERSION"))),
                 ),
-                ping: ping::Behaviour::new(ping::Config::new()),
+                // Heartbeats already tell who is alive; pings only guard
+                // against half-open connections.
+                ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL)),
                 kad,
                 gossipsub,
                 sync,

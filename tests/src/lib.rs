@@ -117,13 +117,14 @@ impl Peer {
             "0",
             "--sites-port",
             "0",
-            "--p2p-port",
-            "0",
             "--name",
             "test",
         ]
         .map(String::from)
         .to_vec();
+        if !extra.contains(&"--p2p-port") {
+            args.extend(["--p2p-port".to_owned(), "0".to_owned()]);
+        }
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let mut peer = Peer {
             data,

@@ -309,3 +309,28 @@ async fn the_same_deployment_submitted_on_two_peers_at_once_is_built_once() {
         "built exactly once"
     );
 }
+
+#[tokio::test]
+async fn peers_that_start_in_any_order_find_each_other_by_name() {
+    // A port nobody listens on yet: the joiner starts first and keeps trying.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let joiner = Peer::start(&["--bootstrap", &format!("/dns4/localhost/tcp/{port}")])
+        .await
+        .unwrap();
+    assert_eq!(joiner.alive_peers().await, 1);
+    let first = Peer::start(&["--p2p-port", &port]).await.unwrap();
+    for peer in [&joiner, &first] {
+        wait_until(
+            "the two peers to find each other",
+            Duration::from_secs(20),
+            || async { (peer.alive_peers().await == 2).then_some(()) },
+        )
+        .await
+        .unwrap();
+    }
+}
