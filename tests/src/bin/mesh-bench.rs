@@ -95,7 +95,9 @@ async fn propagation(n: usize, writes: usize) {
             all.iter()
                 .map(|t| t.duration_since(t0).as_secs_f64() * 1000.0),
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Let the build the write triggers (a clone that fails at once) finish,
+        // so each write is timed on a quiet mesh.
+        tokio::time::sleep(Duration::from_millis(600)).await;
     }
     samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
     println!(
