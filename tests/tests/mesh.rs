@@ -58,8 +58,19 @@ async fn a_deployment_on_any_peer_is_built_once_and_seen_everywhere() {
         b.site("meshsite", "/").await.unwrap().text().await.unwrap(),
         "<h1>mesh</h1>"
     );
-    // Every peer lists every peer, itself marked.
+    // Every peer lists every peer, itself marked, in the API and on the peers page.
     for peer in &mesh.peers {
+        let page = peer
+            .client()
+            .get(format!("{}/peers", peer.http))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(page.matches("<tr data-peer=").count(), 5, "{page}");
+        assert_eq!(page.matches("(this peer)").count(), 1);
         let peers = peer.peers().await.unwrap();
         assert_eq!(peers.len(), 5);
         let me: Vec<_> = peers.iter().filter(|p| p["self"] == true).collect();
