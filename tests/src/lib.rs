@@ -268,6 +268,17 @@ impl Peer {
         Ok(body["id"].as_str().context("id")?.to_owned())
     }
 
+    /// The text of a page on the UI/API port (panics on a transport error).
+    pub async fn page(&self, path: &str) -> String {
+        let res = self
+            .client
+            .get(format!("{}{path}", self.http))
+            .send()
+            .await
+            .expect("request");
+        res.text().await.expect("body")
+    }
+
     pub async fn get_json(&self, path: &str) -> Result<Value> {
         Ok(self
             .client

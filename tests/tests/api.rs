@@ -192,15 +192,7 @@ async fn the_ui_lists_deployments_and_shows_one() {
         home.contains("ui-site") && home.contains("badge success"),
         "{home}"
     );
-    let page = peer
-        .client()
-        .get(format!("{}/deployments/{id}", peer.http))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = peer.page(&format!("/deployments/{id}")).await;
     assert!(page.contains(&format!("data-deployment='{id}'")), "{page}");
     let health = peer
         .client()

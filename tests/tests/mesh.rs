@@ -60,15 +60,7 @@ async fn a_deployment_on_any_peer_is_built_once_and_seen_everywhere() {
     );
     // Every peer lists every peer, itself marked, in the API and on the peers page.
     for peer in &mesh.peers {
-        let page = peer
-            .client()
-            .get(format!("{}/peers", peer.http))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let page = peer.page("/peers").await;
         assert_eq!(page.matches("<tr data-peer=").count(), 5, "{page}");
         assert_eq!(page.matches("(this peer)").count(), 1);
         let peers = peer.peers().await.unwrap();

@@ -143,15 +143,7 @@ async fn plain_html_site_goes_live_and_is_served_byte_for_byte() {
     }
 
     // Metrics count what was served.
-    let metrics = peer
-        .client()
-        .get(format!("{}/metrics", peer.http))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = peer.page("/metrics").await;
     assert!(
         metrics.contains("shoal_deployments{status=\"success\"} 1"),
         "{metrics}"
