@@ -229,7 +229,11 @@ async fn repair(
             pause = CATCH_UP_INTERVAL.max(Duration::from_millis(500));
             continue;
         };
-        match tokio::time::timeout(ROUND_TIMEOUT, sync::round(&store, &client, peer)).await {
+        let outcome = tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => break,
+            r = tokio::time::timeout(ROUND_TIMEOUT, sync::round(&store, &client, peer)) => r,
+        };
+        match outcome {
             Ok(Ok(stats)) => {
                 let caught_up = !stats.truncated && stats.pulled == 0 || stats.in_sync();
                 if caught_up && !*synced.borrow() {
