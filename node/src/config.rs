@@ -90,6 +90,10 @@ pub struct NodeConfig {
     /// Let the build step (not only the install step) reach the network.
     #[arg(long, env = "SHOAL_BUILD_NETWORK")]
     pub build_network: bool,
+    /// A peer silent this long is dead, and a build claim not renewed for
+    /// this long is taken over.
+    #[arg(long, env = "SHOAL_LEASE", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub lease: Duration,
     /// Builds this peer runs at once.
     #[arg(long, env = "SHOAL_MAX_BUILDS", default_value_t = 2)]
     pub max_builds: usize,

@@ -142,7 +142,15 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         bootstrap,
         psk,
     };
-    let mesh = Mesh::start(net_cfg, store, clock, info_rx.clone(), shutdown_rx.clone())?;
+    let lease = cfg.lease.max(std::time::Duration::from_millis(1500));
+    let mesh = Mesh::start(
+        net_cfg,
+        store,
+        clock,
+        info_rx.clone(),
+        lease,
+        shutdown_rx.clone(),
+    )?;
     let p2p_addrs =
         tokio::time::timeout(std::time::Duration::from_secs(10), mesh.client.listening())
             .await
@@ -185,6 +193,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         members: mesh.members.clone(),
         info: info_rx,
         active_builds: active_builds.clone(),
+        lease,
     });
 
     let http_metrics = Arc::new(web::HttpMetrics::default());

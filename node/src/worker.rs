@@ -27,8 +27,6 @@ use tokio::task::JoinSet;
 use tracing::{info, info_span, warn, Instrument};
 use web::Status;
 
-/// How long a claim holds without renewal.
-pub const LEASE: Duration = Duration::from_secs(3);
 /// How often the worker looks for work and renews its leases.
 const TICK: Duration = Duration::from_millis(500);
 /// How long a new deployment settles before its builder claims it: longer
@@ -50,6 +48,8 @@ pub struct Shared {
     pub info: watch::Receiver<LocalInfo>,
     /// Builds running on this peer (part of its load).
     pub active_builds: Arc<AtomicUsize>,
+    /// How long a claim holds without renewal (`--lease`).
+    pub lease: Duration,
 }
 
 /// A build this peer is running.
@@ -130,7 +130,7 @@ impl Worker {
     }
 
     fn renew_leases(&self) {
-        let until = self.shared.state.now_ms() + LEASE.as_millis() as u64;
+        let until = self.shared.state.now_ms() + self.shared.lease.as_millis() as u64;
         for (id, a) in &self.active {
             let _ = fenced(&self.shared.state, id, a.epoch, |r| {
                 if r.status == Status::Building {
@@ -202,7 +202,7 @@ impl Worker {
             return false;
         };
         let stagger = SUCCESSOR_STAGGER.as_millis() as u64;
-        let lease = LEASE.as_millis() as u64;
+        let lease = self.shared.lease.as_millis() as u64;
         let due = match rec.status {
             // The winner claims once the submission had time to reach every
             // peer (so a twin submitted elsewhere at the same moment is seen
@@ -291,7 +291,7 @@ impl Worker {
         let state = self.shared.state.clone();
         let restarted = rec.status != Status::Queued;
         let epoch = rec.epoch + 1;
-        let until = state.now_ms() + LEASE.as_millis() as u64;
+        let until = state.now_ms() + self.shared.lease.as_millis() as u64;
         let claimed = state.clone().update(&rec.id, |r| {
             r.builder = Some(state.peer.clone());
             r.epoch = epoch;

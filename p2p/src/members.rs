@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 /// Heartbeat interval for meshes of up to [`PEERS_PER_SECOND`] peers.
 pub const BASE_INTERVAL: Duration = Duration::from_secs(1);
-/// Shortest lease: a peer silent this long is dead.
+/// Default shortest lease: a peer silent this long is dead.
 pub const BASE_LEASE: Duration = Duration::from_secs(3);
 /// Above this many peers the interval grows, so that each peer receives at
 /// most this many heartbeats a second and idle traffic stays bounded.
@@ -34,9 +34,9 @@ pub fn interval_for(peers: usize) -> Duration {
     }
 }
 
-/// The lease of a peer that beats every `interval`.
-pub fn lease_for(interval: Duration) -> Duration {
-    (interval * 3).max(BASE_LEASE)
+/// The lease of a peer that beats every `interval`, at least `min`.
+pub fn lease_for(interval: Duration, min: Duration) -> Duration {
+    (interval * 3).max(min)
 }
 
 /// What this peer says about itself; the node keeps it current.
@@ -119,15 +119,23 @@ pub struct Members {
     seen: RwLock<HashMap<String, Seen>>,
     servers: Table<ServerRecord>,
     clock: std::sync::Arc<Clock>,
+    /// A peer silent this long (or three intervals, if longer) is dead.
+    min_lease: Duration,
 }
 
 impl Members {
-    pub fn new(local: String, servers: Table<ServerRecord>, clock: std::sync::Arc<Clock>) -> Self {
+    pub fn new(
+        local: String,
+        servers: Table<ServerRecord>,
+        clock: std::sync::Arc<Clock>,
+        min_lease: Duration,
+    ) -> Self {
         Self {
             local,
             seen: RwLock::new(HashMap::new()),
             servers,
             clock,
+            min_lease,
         }
     }
 
@@ -145,7 +153,7 @@ impl Members {
         // A beat from a slower path (gossip) does not replace a live one
         // from a faster path (direct): it would stretch the lease.
         if let Some(old) = seen.get(&peer) {
-            if Self::alive(old) && old.beat.interval_ms < beat.interval_ms {
+            if self.alive(old) && old.beat.interval_ms < beat.interval_ms {
                 return;
             }
         }
@@ -175,8 +183,12 @@ impl Members {
             .remove(peer);
     }
 
-    fn alive(s: &Seen) -> bool {
-        s.at.elapsed() < lease_for(Duration::from_millis(u64::from(s.beat.interval_ms)))
+    fn alive(&self, s: &Seen) -> bool {
+        s.at.elapsed()
+            < lease_for(
+                Duration::from_millis(u64::from(s.beat.interval_ms)),
+                self.min_lease,
+            )
     }
 
     /// How many peers are alive, this one included.
@@ -186,7 +198,7 @@ impl Members {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .filter(|s| Self::alive(s))
+            .filter(|s| self.alive(s))
             .count()
     }
 
@@ -260,7 +272,7 @@ impl Members {
                     capabilities,
                     version,
                     last_seen_ms: s.wall_ms,
-                    alive: Self::alive(s),
+                    alive: self.alive(s),
                     is_self: false,
                 }
             })
@@ -313,8 +325,11 @@ mod tests {
         assert_eq!(interval_for(10), Duration::from_secs(1));
         assert_eq!(interval_for(40), Duration::from_secs(2));
         assert_eq!(interval_for(10_000), MAX_INTERVAL);
-        assert_eq!(lease_for(Duration::from_secs(1)), BASE_LEASE);
-        assert_eq!(lease_for(Duration::from_secs(2)), Duration::from_secs(6));
+        assert_eq!(lease_for(Duration::from_secs(1), BASE_LEASE), BASE_LEASE);
+        assert_eq!(
+            lease_for(Duration::from_secs(2), BASE_LEASE),
+            Duration::from_secs(6)
+        );
     }
 
     #[test]
@@ -325,6 +340,7 @@ mod tests {
             "me".into(),
             store.table("servers").unwrap(),
             Default::default(),
+            BASE_LEASE,
         );
         let info = LocalInfo {
             name: "a".into(),

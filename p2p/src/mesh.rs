@@ -49,13 +49,15 @@ pub struct Mesh {
 }
 
 impl Mesh {
-    /// Joins the mesh. `info` is what this peer says about itself; the
-    /// returned tasks stop when `shutdown` turns true.
+    /// Joins the mesh. `info` is what this peer says about itself; a peer
+    /// silent for `lease` is dead; the returned tasks stop when `shutdown`
+    /// turns true.
     pub fn start(
         net_cfg: NetConfig,
         store: Store,
         clock: Arc<Clock>,
         info: watch::Receiver<LocalInfo>,
+        lease: Duration,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, MeshError> {
         let servers = store.table::<ServerRecord>("servers")?;
@@ -64,6 +66,7 @@ impl Mesh {
             client.local_peer_id().to_string(),
             servers,
             clock,
+            lease,
         ));
         let (synced_tx, synced) = watch::channel(false);
         let (push_tx, push_rx) = mpsc::channel::<Change>(PUSH_BUFFER);
