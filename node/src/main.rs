@@ -5,6 +5,7 @@ mod build;
 mod cli;
 mod config;
 mod election;
+mod job;
 mod load;
 mod metrics;
 mod model;

@@ -5,23 +5,22 @@
 //! peer that lost its claim can never overwrite the winner, and stops as
 //! soon as it sees it lost. If a claim is not made or not renewed in time,
 //! the next peers by rank claim in turn, each waiting a little longer.
-//! Finished artifacts are installed and the site switched when it is newer
-//! than the version being served.
+//! What happens to one claimed deployment is in `job`.
 
-use crate::build::{self, BuildError, BuildSettings, Job, Logger};
+use crate::build::{BuildSettings, Logger};
 use crate::election::{self, Candidate};
+use crate::job::{build_and_publish, fenced, publish};
 use crate::load::BUILD;
 use crate::metrics::NodeMetrics;
 use crate::model::DeploymentRecord;
-use crate::site::{Sites, UnpackLimits};
+use crate::site::Sites;
 use crate::state::{Level, State};
-use crate::validate;
 use p2p::members::{LocalInfo, Members};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{info, info_span, warn, Instrument};
@@ -353,228 +352,9 @@ impl Worker {
     }
 }
 
-/// Whether this peer holds the claim of `epoch` on deployment `id`.
-fn holds_claim(state: &State, id: &str, epoch: u64) -> bool {
-    matches!(state.deployment(id), Ok(Some(r))
-        if r.epoch == epoch && r.builder.as_deref() == Some(state.peer.as_str()))
-}
-
 async fn sleep_until_due(due: Option<tokio::time::Instant>) {
     match due {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-/// Applies `change` only if this peer still holds the claim of `epoch`
-/// (fencing): a stale builder's writes are dropped here, and would lose the
-/// merge everywhere else.
-fn fenced(
-    state: &State,
-    id: &str,
-    epoch: u64,
-    change: impl FnOnce(&mut DeploymentRecord),
-) -> Result<bool, p2p::StoreError> {
-    if !holds_claim(state, id, epoch) {
-        return Ok(false);
-    }
-    let mut ok = false;
-    state.update(id, |r| {
-        if r.epoch == epoch {
-            change(r);
-            ok = true;
-        }
-    })?;
-    Ok(ok)
-}
-
-async fn build_and_publish(
-    shared: &Shared,
-    rec: DeploymentRecord,
-    epoch: u64,
-    log: Logger,
-    cancel: watch::Receiver<bool>,
-) {
-    let state = &shared.state;
-    let started = Instant::now();
-    let url = match validate::repo_url(&rec.repo_url, shared.settings.allow_local) {
-        Ok(u) => u,
-        Err(e) => {
-            fail(
-                state,
-                &rec.id,
-                epoch,
-                Status::BuildFailed,
-                &e.to_string(),
-                &log.step("clone"),
-            );
-            return;
-        }
-    };
-    let workdir = shared.builds_dir.join(&rec.id);
-    let job = Job {
-        url,
-        git_ref: rec.git_ref.as_deref(),
-        commit: rec.commit.as_deref(),
-        live_url: &rec.live_url,
-        workdir: &workdir,
-        artifacts: &shared.artifacts_dir,
-    };
-    let result = build::run(&shared.settings, job, &log, cancel, |commit| {
-        let _ = fenced(state, &rec.id, epoch, |r| {
-            r.commit = Some(commit.to_owned())
-        });
-    })
-    .await;
-    let _ = tokio::fs::remove_dir_all(&workdir).await;
-    shared.metrics.observe_build(started.elapsed());
-    match result {
-        Ok(built) => {
-            info!(artifact = %built.artifact, secs = started.elapsed().as_secs_f64(), "built");
-            log.step("build").info(&format!(
-                "built in {:.1} s",
-                started.elapsed().as_secs_f64()
-            ));
-            let done = fenced(state, &rec.id, epoch, |r| {
-                r.status = Status::Built;
-                r.artifact = Some(built.artifact.clone());
-                r.commit = Some(built.commit.clone());
-            });
-            let _ = state.flush().await;
-            if let Ok(true) = done {
-                if let Ok(Some(rec)) = state.deployment(&rec.id) {
-                    publish(shared, &rec).await;
-                }
-            }
-        }
-        Err(err) if err.is_cancel() => info!("build stopped"),
-        Err(BuildError::MissingTool { tool, kind }) if someone_has(shared, &tool) => {
-            hand_over(state, &rec.id, epoch, &tool, &kind, &log.step("detect"));
-        }
-        Err(err) => {
-            warn!(error = %err, "build failed");
-            fail(
-                state,
-                &rec.id,
-                epoch,
-                Status::BuildFailed,
-                &err.to_string(),
-                &log.step(err.step()),
-            );
-            let _ = state.flush().await;
-        }
-    }
-}
-
-/// Whether a live peer reports `capability`.
-fn someone_has(shared: &Shared, capability: &str) -> bool {
-    let info = shared.info.borrow().clone();
-    shared
-        .members
-        .view(&info, &[])
-        .iter()
-        .any(|p| p.alive && p.capabilities.iter().any(|c| c == capability))
-}
-
-/// Gives a deployment back to the mesh (a new epoch, queued again) with a
-/// requirement this peer cannot meet, so the election picks a peer that can.
-fn hand_over(state: &State, id: &str, epoch: u64, tool: &str, kind: &str, log: &Logger) {
-    if !holds_claim(state, id, epoch) {
-        return;
-    }
-    let _ = state.update(id, |r| {
-        r.epoch = epoch + 1;
-        r.status = Status::Queued;
-        r.builder = None;
-        r.lease_until_ms = 0;
-        if !r.requires.iter().any(|t| t == tool) {
-            r.requires.push(tool.to_owned());
-        }
-    });
-    log.line(
-        Level::Warn,
-        &format!(
-            "{tool} is not installed on peer {}; handing the {kind} build to a peer that has it",
-            state.peer
-        ),
-    );
-}
-
-/// Ends a deployment with `status`, if this peer still holds its claim. The
-/// reason is logged before the status changes, so whoever sees the end also
-/// finds the reason in the log.
-fn fail(state: &State, id: &str, epoch: u64, status: Status, reason: &str, log: &Logger) {
-    if !holds_claim(state, id, epoch) {
-        return;
-    }
-    log.line(Level::Error, reason);
-    let _ = fenced(state, id, epoch, |r| {
-        r.status = status;
-        r.error = Some(reason.to_owned());
-    });
-}
-
-/// Installs a built artifact into the sites directory and makes it live
-/// (unless a newer deployment of the same site is live already).
-async fn publish(shared: &Shared, rec: &DeploymentRecord) {
-    let state = &shared.state;
-    let log = Logger::new(state.clone(), &rec.id, "unpack");
-    let Some(artifact) = rec.artifact.clone() else {
-        return;
-    };
-    let zip = shared.artifacts_dir.join(format!("{artifact}.zip"));
-    let (sites, name, id) = (shared.sites.clone(), rec.name.clone(), rec.id.clone());
-    let limits = UnpackLimits::with_total(shared.settings.max_site_bytes);
-    let unpacked =
-        tokio::task::spawn_blocking(move || sites.install(&name, &id, &zip, limits)).await;
-    let unpacked = unpacked
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()));
-    match unpacked {
-        Ok((files, bytes)) => log.info(&format!("unpacked {files} files, {bytes} bytes")),
-        Err(err) => {
-            let reason = format!("unpack failed: {err}");
-            fail(
-                state,
-                &rec.id,
-                rec.epoch,
-                Status::DistributionFailed,
-                &reason,
-                &log,
-            );
-            return;
-        }
-    }
-    let live = log.step("live");
-    let newer_live = shared
-        .sites
-        .current(&rec.name)
-        .is_some_and(|cur| cur > rec.id);
-    if newer_live {
-        live.info("a newer deployment of this site is already live; keeping it");
-    } else if let Err(err) = shared.sites.switch(&rec.name, &rec.id) {
-        fail(
-            state,
-            &rec.id,
-            rec.epoch,
-            Status::DistributionFailed,
-            &format!("could not switch the site: {err}"),
-            &live,
-        );
-        return;
-    }
-    if !newer_live {
-        live.info(&format!("live at {} on peer {}", rec.live_url, state.peer));
-    }
-    // Until artifacts travel between peers, only a mesh of one is complete
-    // (alone now, and never having seen another peer).
-    let peers = shared.members.alive_count();
-    if peers > 1 || shared.members.known_others() > 0 {
-        live.info(&format!(
-            "built; the other peers do not hold it yet ({peers} alive)"
-        ));
-    } else {
-        let _ = fenced(state, &rec.id, rec.epoch, |r| r.status = Status::Success);
-    }
-    let _ = state.flush().await;
 }
