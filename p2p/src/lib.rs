@@ -6,12 +6,14 @@
 //! gossip lost, heartbeats tell who is alive and how loaded.
 
 pub mod beats;
+mod behaviour;
 pub mod digest;
 pub mod hlc;
 pub mod members;
 pub mod mesh;
 pub mod net;
 pub mod store;
+mod swarm;
 pub mod sync;
 pub mod wire;
 

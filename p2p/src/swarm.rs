@@ -1,0 +1,327 @@
+//! The swarm task's event loop: it owns the `Swarm`, runs the commands the
+//! `Client` sends, turns swarm events into `NetEvent`s, and keeps the mesh
+//! connected (bootstrap redials, dials to known peers).
+
+use crate::behaviour::{Behaviour, BehaviourEvent};
+use crate::net::{strip_peer_id, Command, NetError, NetEvent};
+use crate::wire::{SyncRequest, SyncResponse};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use libp2p::core::ConnectedPoint;
+use libp2p::gossipsub::{self, IdentTopic};
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{identify, kad, Multiaddr, PeerId, Swarm};
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
+
+/// How often unreachable bootstrap addresses are dialled again (DNS is
+/// resolved anew on every dial).
+const REDIAL: Duration = Duration::from_secs(2);
+/// How often Kademlia looks for more peers.
+const KAD_BOOTSTRAP: Duration = Duration::from_secs(300);
+/// Peers we try to stay connected to. Up to this size the mesh is fully
+/// connected, so a change published with flood-publish reaches every peer in
+/// one hop; larger meshes rely on gossipsub relaying.
+const TARGET_CONNECTIONS: usize = 64;
+
+type PendingReply = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = (
+                    request_response::ResponseChannel<SyncResponse>,
+                    Option<SyncResponse>,
+                ),
+            > + Send,
+    >,
+>;
+
+pub(crate) struct SwarmTask {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<NetEvent>,
+    listen: watch::Sender<Vec<Multiaddr>>,
+    /// Addresses to stay joined through.
+    bootstrap: Vec<Multiaddr>,
+    /// Which peer answered at each bootstrap address.
+    bootstrap_peers: HashMap<Multiaddr, PeerId>,
+    /// Our outbound requests, by id.
+    pending: HashMap<
+        request_response::OutboundRequestId,
+        oneshot::Sender<Result<SyncResponse, NetError>>,
+    >,
+    /// Inbound requests the application is answering.
+    replies: FuturesUnordered<PendingReply>,
+    connected: HashSet<PeerId>,
+    /// Addresses learned through identify, to reconnect and grow the mesh.
+    known: HashMap<PeerId, Vec<Multiaddr>>,
+}
+
+impl SwarmTask {
+    pub(crate) fn new(
+        swarm: Swarm<Behaviour>,
+        commands: mpsc::Receiver<Command>,
+        events: mpsc::Sender<NetEvent>,
+        listen: watch::Sender<Vec<Multiaddr>>,
+        bootstrap: Vec<Multiaddr>,
+    ) -> Self {
+        Self {
+            swarm,
+            commands,
+            events,
+            listen,
+            bootstrap,
+            bootstrap_peers: HashMap::new(),
+            pending: HashMap::new(),
+            replies: FuturesUnordered::new(),
+            connected: HashSet::new(),
+            known: HashMap::new(),
+        }
+    }
+
+    pub(crate) async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut redial = tokio::time::interval(REDIAL);
+        let mut kad_tick = tokio::time::interval(KAD_BOOTSTRAP);
+        loop {
+            tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => break,
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                Some(cmd) = self.commands.recv() => self.on_command(cmd),
+                Some((channel, response)) = self.replies.next(), if !self.replies.is_empty() => {
+                    let response = response.unwrap_or_else(|| SyncResponse::Refused("busy".into()));
+                    let _ = self.swarm.behaviour_mut().sync.send_response(channel, response);
+                }
+                _ = redial.tick() => self.maintain_connections(),
+                _ = kad_tick.tick() => {
+                    if !self.connected.is_empty() {
+                        let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                    }
+                }
+            }
+        }
+        debug!("swarm task stopped");
+    }
+
+    /// Redials bootstrap addresses whose peer is not connected, and dials
+    /// known peers while below the connection target.
+    fn maintain_connections(&mut self) {
+        for addr in self.bootstrap.clone() {
+            let up = self
+                .bootstrap_peers
+                .get(&addr)
+                .is_some_and(|p| self.connected.contains(p));
+            if !up {
+                if let Err(err) = self.swarm.dial(addr.clone()) {
+                    debug!(%addr, error = %err, "bootstrap dial failed");
+                }
+            }
+        }
+        if self.connected.len() < TARGET_CONNECTIONS {
+            let candidates: Vec<_> = self
+                .known
+                .iter()
+                .filter(|(p, _)| !self.connected.contains(p))
+                .take(TARGET_CONNECTIONS - self.connected.len())
+                .map(|(p, a)| (*p, a.clone()))
+                .collect();
+            for (peer, addrs) in candidates {
+                let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                    .addresses(addrs)
+                    .build();
+                let _ = self.swarm.dial(opts);
+            }
+        }
+    }
+
+    fn emit(&self, event: NetEvent) {
+        if let Err(err) = self.events.try_send(event) {
+            warn!(error = %err, "network event dropped: application is behind");
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Publish { topic, data } => {
+                if let Err(err) = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(IdentTopic::new(topic), data)
+                {
+                    debug!(topic, error = %err, "publish skipped");
+                }
+            }
+            Command::Request {
+                peer,
+                request,
+                reply,
+            } => {
+                let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
+                self.pending.insert(id, reply);
+            }
+            Command::Peers { reply } => {
+                let _ = reply.send(self.connected.iter().copied().collect());
+            }
+            Command::Dial { addr } => {
+                if let Err(err) = self.swarm.dial(strip_peer_id(addr.clone())) {
+                    debug!(%addr, error = %err, "dial failed");
+                }
+            }
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!(%address, "p2p listening");
+                self.listen.send_modify(|a| a.push(address));
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                if let ConnectedPoint::Dialer { address, .. } = &endpoint {
+                    let bare = strip_peer_id(address.clone());
+                    if self.bootstrap.contains(&bare) {
+                        self.bootstrap_peers.insert(bare, peer_id);
+                    }
+                }
+                if num_established.get() == 1 && self.connected.insert(peer_id) {
+                    debug!(peer = %peer_id, "connected");
+                    if self.connected.len() == 1 {
+                        let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                    }
+                    self.emit(NetEvent::Connected(peer_id));
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } if self.connected.remove(&peer_id) => {
+                debug!(peer = %peer_id, "disconnected");
+                self.emit(NetEvent::Disconnected(peer_id));
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                let addrs: Vec<_> = info
+                    .listen_addrs
+                    .into_iter()
+                    .filter(|a| !is_unspecified(a))
+                    .take(8)
+                    .collect();
+                for addr in &addrs {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer_id, addr.clone());
+                }
+                self.known.insert(peer_id, addrs);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated {
+                peer,
+                addresses,
+                ..
+            })) => {
+                self.known
+                    .entry(peer)
+                    .or_insert_with(|| addresses.into_vec());
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                message,
+                ..
+            })) => {
+                self.emit(NetEvent::Gossip {
+                    topic: message.topic.into_string(),
+                    source: message.source,
+                    data: message.data,
+                });
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => self.on_sync_event(event),
+            _ => {}
+        }
+    }
+
+    fn on_sync_event(&mut self, event: request_response::Event<SyncRequest, SyncResponse>) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let (reply, rx) = oneshot::channel();
+                if self
+                    .events
+                    .try_send(NetEvent::Inbound {
+                        peer,
+                        request,
+                        reply,
+                    })
+                    .is_err()
+                {
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .sync
+                        .send_response(channel, SyncResponse::Refused("busy".into()));
+                    return;
+                }
+                self.replies.push(Box::pin(async move {
+                    let response = tokio::time::timeout(Duration::from_secs(8), rx)
+                        .await
+                        .ok()
+                        .and_then(Result::ok);
+                    (channel, response)
+                }));
+            }
+            Event::Message {
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(reply) = self.pending.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let Some(reply) = self.pending.remove(&request_id) {
+                    let _ = reply.send(Err(NetError::Request {
+                        peer,
+                        detail: error.to_string(),
+                    }));
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                debug!(%peer, %error, "inbound sync request failed");
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+}
+
+fn is_unspecified(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_unspecified(),
+        Protocol::Ip6(ip) => ip.is_unspecified(),
+        _ => false,
+    })
+}
