@@ -57,7 +57,9 @@ pub async fn build_and_publish(
     // Peers whose views differ a little can claim the same deployment at
     // once; the merge keeps one claim everywhere. Wait for competing claims
     // to arrive before doing any work, and yield if ours lost.
-    tokio::time::sleep(CONFIRM).await;
+    if !shared.members.alone() {
+        tokio::time::sleep(CONFIRM).await;
+    }
     if !holds_claim(state, &rec.id, epoch) {
         if *cancel.borrow() {
             return; // the worker saw it first and said so
@@ -246,13 +248,13 @@ pub async fn publish(shared: &Shared, rec: &DeploymentRecord) {
     }
     // Until artifacts travel between peers, only a mesh of one is complete
     // (alone now, and never having seen another peer).
-    let peers = shared.members.alive_count();
-    if peers > 1 || shared.members.known_others() > 0 {
+    if shared.members.alone() {
+        let _ = fenced(state, &rec.id, rec.epoch, |r| r.status = Status::Success);
+    } else {
+        let peers = shared.members.alive_count();
         live.info(&format!(
             "built; the other peers do not hold it yet ({peers} alive)"
         ));
-    } else {
-        let _ = fenced(state, &rec.id, rec.epoch, |r| r.status = Status::Success);
     }
     let _ = state.flush().await;
 }

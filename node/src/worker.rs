@@ -183,8 +183,7 @@ impl Worker {
 
     /// The settle time: none for a peer that is, and always was, alone.
     fn settle_ms(&self) -> u64 {
-        let members = &self.shared.members;
-        if members.alive_count() == 1 && members.known_others() == 0 {
+        if self.shared.members.alone() {
             0
         } else {
             SETTLE.as_millis() as u64

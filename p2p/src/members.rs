@@ -167,6 +167,11 @@ impl Members {
         );
     }
 
+    /// Whether this peer is alone and has never known another peer: a mesh of one.
+    pub fn alone(&self) -> bool {
+        self.alive_count() == 1 && self.known_others() == 0
+    }
+
     /// How many other peers the `servers` table remembers.
     pub fn known_others(&self) -> usize {
         self.servers
