@@ -279,6 +279,14 @@ impl Peer {
         res.text().await.expect("body")
     }
 
+    /// Deploys `repo` as `name`, waits until the deployment ends, and
+    /// returns its id and final state.
+    pub async fn deploy_and_wait(&self, repo: &Path, name: &str) -> Result<(String, Value)> {
+        let id = self.deploy(repo, name).await?;
+        let d = self.wait_final(&id, BUILD).await?;
+        Ok((id, d))
+    }
+
     pub async fn get_json(&self, path: &str) -> Result<Value> {
         Ok(self
             .client

@@ -15,8 +15,7 @@ async fn shoal_toml_build_runs_in_the_sandbox_and_its_output_is_served() {
     )])
     .unwrap();
     let peer = Peer::start(&[]).await.unwrap();
-    let id = peer.deploy(repo.path(), "custom").await.unwrap();
-    let d = peer.wait_final(&id, BUILD).await.unwrap();
+    let (id, d) = peer.deploy_and_wait(repo.path(), "custom").await.unwrap();
     let log = peer.log_text(&id).await.unwrap();
     assert_eq!(d["status"], "success", "{log}");
     assert!(log.contains("[detect] detected shoal.toml"), "{log}");
@@ -235,8 +234,7 @@ async fn submodules_are_checked_out_and_checked() {
     .unwrap();
     site.commit(&[], "add theme").unwrap();
     let peer = Peer::start(&[]).await.unwrap();
-    let id = peer.deploy(site.path(), "themed").await.unwrap();
-    let d = peer.wait_final(&id, BUILD).await.unwrap();
+    let (id, d) = peer.deploy_and_wait(site.path(), "themed").await.unwrap();
     assert_eq!(
         d["status"],
         "success",
@@ -271,8 +269,7 @@ async fn submodules_are_checked_out_and_checked() {
     ])
     .unwrap();
     evil.git(&["commit", "-q", "-m", "gitlink"]).unwrap();
-    let id = peer.deploy(evil.path(), "evil").await.unwrap();
-    let d = peer.wait_final(&id, BUILD).await.unwrap();
+    let (_, d) = peer.deploy_and_wait(evil.path(), "evil").await.unwrap();
     assert_eq!(d["status"], "buildFailed");
     assert!(
         d["error"]
@@ -302,8 +299,7 @@ async fn the_sandbox_caps_processes_and_memory_and_hides_the_peer() {
     let forks = Repo::new(&[("shoal.toml", b"[build]\ncommand = \"i=0; while [ $i -lt 200 ]; do sleep 20 & i=$((i+1)); done; wait\"\noutput = \".\"\n"), ("index.html", b"x")]).unwrap();
     let hog = Repo::new(&[("shoal.toml", b"[build]\ncommand = \"perl -e '$x = 7 x (400*1024*1024); print length $x'\"\noutput = \".\"\n"), ("index.html", b"x")]).unwrap();
 
-    let id = peer.deploy(probe.path(), "probe").await.unwrap();
-    let d = peer.wait_final(&id, BUILD).await.unwrap();
+    let (id, d) = peer.deploy_and_wait(probe.path(), "probe").await.unwrap();
     assert_eq!(
         d["status"],
         "success",
@@ -346,8 +342,7 @@ async fn the_sandbox_caps_processes_and_memory_and_hides_the_peer() {
     );
 
     let started = std::time::Instant::now();
-    let id = peer.deploy(forks.path(), "forks").await.unwrap();
-    let d = peer.wait_final(&id, BUILD).await.unwrap();
+    let (_, d) = peer.deploy_and_wait(forks.path(), "forks").await.unwrap();
     assert_eq!(
         d["status"], "buildFailed",
         "the process cap must stop a fork storm"
@@ -358,8 +353,7 @@ async fn the_sandbox_caps_processes_and_memory_and_hides_the_peer() {
         "the failed build must not wait for its children"
     );
 
-    let id = peer.deploy(hog.path(), "hog").await.unwrap();
-    let d = peer.wait_final(&id, BUILD).await.unwrap();
+    let (id, d) = peer.deploy_and_wait(hog.path(), "hog").await.unwrap();
     assert_eq!(
         d["status"],
         "buildFailed",
@@ -384,8 +378,7 @@ async fn an_npm_project_installs_and_builds_with_its_scripts() {
     ])
     .unwrap();
     let peer = Peer::start(&[]).await.unwrap();
-    let id = peer.deploy(repo.path(), "npm-site").await.unwrap();
-    let d = peer.wait_final(&id, BUILD).await.unwrap();
+    let (id, d) = peer.deploy_and_wait(repo.path(), "npm-site").await.unwrap();
     let log = peer.log_text(&id).await.unwrap();
     assert_eq!(d["status"], "success", "{log}");
     assert!(log.contains("[detect] detected npm (node)"), "{log}");
