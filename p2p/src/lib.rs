@@ -7,7 +7,9 @@
 
 pub mod beats;
 mod behaviour;
+pub mod blocks;
 pub mod digest;
+pub mod exchange;
 pub mod hlc;
 pub mod members;
 pub mod mesh;

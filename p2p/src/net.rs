@@ -19,6 +19,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 const COMMAND_BUFFER: usize = 256;
 /// Events waiting for the application.
 const EVENT_BUFFER: usize = 1024;
+/// How long a provider lookup may take.
+const PROVIDER_LOOKUP: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -75,6 +77,18 @@ pub(crate) enum Command {
     },
     Dial {
         addr: Multiaddr,
+    },
+    /// Announce this peer as a provider of `key` (Kademlia).
+    Provide {
+        key: Vec<u8>,
+    },
+    StopProviding {
+        key: Vec<u8>,
+    },
+    /// Look up the providers of `key`.
+    Providers {
+        key: Vec<u8>,
+        reply: oneshot::Sender<Vec<PeerId>>,
     },
 }
 
@@ -149,6 +163,26 @@ impl Client {
 
     pub async fn dial(&self, addr: Multiaddr) -> Result<(), NetError> {
         self.send(Command::Dial { addr }).await
+    }
+
+    /// Announces this peer as a provider of `key` in the DHT (re-published
+    /// by Kademlia before the record expires, until `stop_providing`).
+    pub async fn provide(&self, key: Vec<u8>) -> Result<(), NetError> {
+        self.send(Command::Provide { key }).await
+    }
+
+    pub async fn stop_providing(&self, key: Vec<u8>) -> Result<(), NetError> {
+        self.send(Command::StopProviding { key }).await
+    }
+
+    /// The providers of `key` found in the DHT within a few seconds.
+    pub async fn providers(&self, key: Vec<u8>) -> Result<Vec<PeerId>, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Providers { key, reply }).await?;
+        match tokio::time::timeout(PROVIDER_LOOKUP, rx).await {
+            Ok(found) => found.map_err(|_| NetError::Shutdown),
+            Err(_) => Ok(Vec::new()),
+        }
     }
 }
 

@@ -57,6 +57,8 @@ pub(crate) struct SwarmTask {
     connected: HashSet<PeerId>,
     /// Addresses learned through identify, to reconnect and grow the mesh.
     known: HashMap<PeerId, Vec<Multiaddr>>,
+    /// Provider lookups under way, with what they found so far.
+    lookups: HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, HashSet<PeerId>)>,
 }
 
 impl SwarmTask {
@@ -78,6 +80,7 @@ impl SwarmTask {
             replies: FuturesUnordered::new(),
             connected: HashSet::new(),
             known: HashMap::new(),
+            lookups: HashMap::new(),
         }
     }
 
@@ -164,6 +167,26 @@ impl SwarmTask {
             Command::Peers { reply } => {
                 let _ = reply.send(self.connected.iter().copied().collect());
             }
+            Command::Provide { key } => {
+                let kad = &mut self.swarm.behaviour_mut().kad;
+                if let Err(err) = kad.start_providing(kad::RecordKey::new(&key)) {
+                    debug!(error = %err, "could not provide");
+                }
+            }
+            Command::StopProviding { key } => {
+                self.swarm
+                    .behaviour_mut()
+                    .kad
+                    .stop_providing(&kad::RecordKey::new(&key));
+            }
+            Command::Providers { key, reply } => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .get_providers(kad::RecordKey::new(&key));
+                self.lookups.insert(id, (reply, HashSet::new()));
+            }
             Command::Dial { addr } => {
                 if let Err(err) = self.swarm.dial(strip_peer_id(addr.clone())) {
                     debug!(%addr, error = %err, "dial failed");
@@ -233,6 +256,23 @@ impl SwarmTask {
                 self.known
                     .entry(peer)
                     .or_insert_with(|| addresses.into_vec());
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result: kad::QueryResult::GetProviders(result),
+                step,
+                ..
+            })) => {
+                if let Some((_, found)) = self.lookups.get_mut(&id) {
+                    if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = result {
+                        found.extend(providers);
+                    }
+                }
+                if step.last {
+                    if let Some((reply, found)) = self.lookups.remove(&id) {
+                        let _ = reply.send(found.into_iter().collect());
+                    }
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 message,

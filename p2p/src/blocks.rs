@@ -1,0 +1,621 @@
+//! Content-addressed blocks on disk, and the manifests that make artifacts
+//! of them. An artifact (any file) is cut into content-defined chunks with
+//! FastCDC; each chunk is a block named by its sha256. A manifest lists the
+//! blocks in order with their sizes, plus the whole file's size and sha256;
+//! the sha256 of the encoded manifest is the artifact id.
+//!
+//! Chunk sizes are 16/64/256 KiB (min/avg/max): small enough that an edit to
+//! one page of a deterministic zip moves a few blocks, large enough that a
+//! 10 GB artifact is ~160k blocks (a 6 MB manifest) and per-block overheads
+//! (a file, a hash, a frame) stay well under 1 % of the bytes.
+//!
+//! Layout: `blocks/<2 hex>/<64 hex>` and `manifests/<64 hex>`. Blocks are
+//! written to a temporary file and hard-linked into place (so a block is
+//! either absent or whole, and two writers of one block do not race), and
+//! verified whenever they are read for use. Nothing here holds more than
+//! one block of an artifact in memory.
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A block or artifact id: a sha256.
+pub type Hash = [u8; 32];
+
+pub const MIN_CHUNK: u32 = 16 * 1024;
+pub const AVG_CHUNK: u32 = 64 * 1024;
+pub const MAX_CHUNK: u32 = 256 * 1024;
+/// Most blocks one artifact may have (about 28 GB at the average size).
+pub const MAX_BLOCKS: usize = 1 << 19;
+/// Largest encoded manifest accepted.
+pub const MAX_MANIFEST_BYTES: usize = 20 * 1024 * 1024;
+const MANIFEST_VERSION: u8 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    #[error("block {0} does not match its hash")]
+    Corrupt(String),
+    #[error("block {0} is missing")]
+    Missing(String),
+    #[error("manifest is invalid: {0}")]
+    BadManifest(String),
+    #[error("block store: {0}")]
+    Io(#[from] io::Error),
+}
+
+pub fn sha256(data: &[u8]) -> Hash {
+    Sha256::digest(data).into()
+}
+
+pub fn to_hex(hash: &Hash) -> String {
+    hex::encode(hash)
+}
+
+pub fn from_hex(text: &str) -> Option<Hash> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(text, &mut out).ok()?;
+    Some(out)
+}
+
+/// The list of blocks that make one artifact.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub v: u8,
+    /// Size of the whole artifact.
+    pub size: u64,
+    /// sha256 of the whole artifact.
+    pub sha256: ByteBuf,
+    /// The blocks' hashes, 32 bytes each, in order.
+    pub hashes: ByteBuf,
+    /// The blocks' sizes, in order.
+    pub sizes: Vec<u32>,
+}
+
+impl Manifest {
+    pub fn len(&self) -> usize {
+        self.sizes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sizes.is_empty()
+    }
+
+    /// The hash of block `i` (`i < len()`, checked by `validate`).
+    pub fn hash(&self, i: usize) -> Hash {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(&self.hashes[i * 32..i * 32 + 32]);
+        out
+    }
+
+    pub fn size_of(&self, i: usize) -> u64 {
+        u64::from(self.sizes[i])
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        cbor4ii::serde::to_vec(Vec::new(), self).unwrap_or_default()
+    }
+
+    /// The artifact id: the sha256 of the encoded manifest.
+    pub fn id(&self) -> Hash {
+        sha256(&self.encode())
+    }
+
+    /// Decodes a manifest received from anywhere, checking it is the one
+    /// named `id` and internally consistent.
+    pub fn decode(bytes: &[u8], id: &Hash) -> Result<Self, BlockError> {
+        if bytes.len() > MAX_MANIFEST_BYTES {
+            return Err(BlockError::BadManifest(format!("{} bytes", bytes.len())));
+        }
+        if &sha256(bytes) != id {
+            return Err(BlockError::BadManifest("does not match its id".into()));
+        }
+        let m: Manifest = cbor4ii::serde::from_slice(bytes)
+            .map_err(|e| BlockError::BadManifest(e.to_string()))?;
+        m.validate()?;
+        Ok(m)
+    }
+
+    fn validate(&self) -> Result<(), BlockError> {
+        let bad = |s: &str| Err(BlockError::BadManifest(s.into()));
+        if self.v != MANIFEST_VERSION {
+            return bad("unknown version");
+        }
+        if self.sha256.len() != 32 || self.hashes.len() != self.sizes.len() * 32 {
+            return bad("hash lengths");
+        }
+        if self.sizes.len() > MAX_BLOCKS {
+            return bad("too many blocks");
+        }
+        if self.sizes.iter().any(|s| *s == 0 || *s > MAX_CHUNK) {
+            return bad("block size out of range");
+        }
+        if self.sizes.iter().map(|s| u64::from(*s)).sum::<u64>() != self.size {
+            return bad("sizes do not add up");
+        }
+        Ok(())
+    }
+
+    /// Offset of each block in the artifact, plus the end.
+    pub fn offsets(&self) -> Vec<u64> {
+        let mut out = Vec::with_capacity(self.len() + 1);
+        let mut at = 0u64;
+        out.push(0);
+        for s in &self.sizes {
+            at += u64::from(*s);
+            out.push(at);
+        }
+        out
+    }
+}
+
+/// Blocks and manifests in one directory, with a running count and size.
+#[derive(Debug)]
+pub struct BlockStore {
+    root: PathBuf,
+    count: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl BlockStore {
+    /// Opens (creating) the store at `root` and counts what it holds.
+    pub fn open(root: &Path) -> Result<Self, BlockError> {
+        std::fs::create_dir_all(root.join("blocks"))?;
+        std::fs::create_dir_all(root.join("manifests"))?;
+        std::fs::create_dir_all(root.join("tmp"))?;
+        // Leftovers of writes cut short by a crash.
+        for entry in std::fs::read_dir(root.join("tmp"))?.flatten() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+        let (mut count, mut bytes) = (0u64, 0u64);
+        for dir in std::fs::read_dir(root.join("blocks"))?.flatten() {
+            for block in std::fs::read_dir(dir.path())?.flatten() {
+                if let Ok(meta) = block.metadata() {
+                    count += 1;
+                    bytes += meta.len();
+                }
+            }
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+            count: AtomicU64::new(count),
+            bytes: AtomicU64::new(bytes),
+        })
+    }
+
+    /// Blocks held and their total size.
+    pub fn stats(&self) -> (u64, u64) {
+        (
+            self.count.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    fn block_path(&self, hash: &Hash) -> PathBuf {
+        let hex = to_hex(hash);
+        self.root.join("blocks").join(&hex[..2]).join(hex)
+    }
+
+    fn manifest_path(&self, id: &Hash) -> PathBuf {
+        self.root.join("manifests").join(to_hex(id))
+    }
+
+    fn temp_path(&self) -> PathBuf {
+        use rand::Rng;
+        let n: u64 = rand::thread_rng().gen();
+        self.root.join("tmp").join(format!("{n:016x}"))
+    }
+
+    pub fn has(&self, hash: &Hash) -> bool {
+        self.block_path(hash).is_file()
+    }
+
+    /// Stores `data` as block `hash` after checking that it is. Returns
+    /// whether the block is new here.
+    pub fn put(&self, hash: &Hash, data: &[u8]) -> Result<bool, BlockError> {
+        if &sha256(data) != hash {
+            return Err(BlockError::Corrupt(to_hex(hash)));
+        }
+        self.put_verified(hash, data)
+    }
+
+    fn put_verified(&self, hash: &Hash, data: &[u8]) -> Result<bool, BlockError> {
+        let path = self.block_path(hash);
+        if path.is_file() {
+            return Ok(false);
+        }
+        let tmp = self.temp_path();
+        std::fs::write(&tmp, data)?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let linked = std::fs::hard_link(&tmp, &path);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {
+                self.count.fetch_add(1, Ordering::Relaxed);
+                self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Reads block `hash` and checks it; a corrupt block is deleted, so that
+    /// it is fetched again.
+    pub fn get(&self, hash: &Hash) -> Result<Vec<u8>, BlockError> {
+        let data = self.read_raw(hash)?;
+        if &sha256(&data) != hash {
+            tracing::warn!(block = %to_hex(hash), "corrupt block on disk; deleting it");
+            self.remove(hash);
+            return Err(BlockError::Corrupt(to_hex(hash)));
+        }
+        Ok(data)
+    }
+
+    /// Reads block `hash` without checking it (for sending: the receiver
+    /// checks every block anyway).
+    pub fn read_raw(&self, hash: &Hash) -> Result<Vec<u8>, BlockError> {
+        match std::fs::read(self.block_path(hash)) {
+            Ok(d) => Ok(d),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(BlockError::Missing(to_hex(hash))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn remove(&self, hash: &Hash) {
+        let path = self.block_path(hash);
+        if let Ok(meta) = std::fs::metadata(&path) {
+            if std::fs::remove_file(&path).is_ok() {
+                self.count.fetch_sub(1, Ordering::Relaxed);
+                self.bytes.fetch_sub(meta.len(), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Stores a manifest; returns its id.
+    pub fn put_manifest(&self, manifest: &Manifest) -> Result<Hash, BlockError> {
+        let bytes = manifest.encode();
+        let id = sha256(&bytes);
+        self.put_manifest_bytes(&id, &bytes)?;
+        Ok(id)
+    }
+
+    /// Stores manifest bytes already checked to be `id`.
+    pub fn put_manifest_bytes(&self, id: &Hash, bytes: &[u8]) -> Result<(), BlockError> {
+        let path = self.manifest_path(id);
+        if path.is_file() {
+            return Ok(());
+        }
+        let tmp = self.temp_path();
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+
+    /// The encoded manifest `id`, checked.
+    pub fn manifest_bytes(&self, id: &Hash) -> Result<Option<Vec<u8>>, BlockError> {
+        match std::fs::read(self.manifest_path(id)) {
+            Ok(bytes) if &sha256(&bytes) == id => Ok(Some(bytes)),
+            Ok(_) => {
+                let _ = std::fs::remove_file(self.manifest_path(id));
+                Err(BlockError::Corrupt(to_hex(id)))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn manifest(&self, id: &Hash) -> Result<Option<Manifest>, BlockError> {
+        match self.manifest_bytes(id)? {
+            Some(bytes) => Manifest::decode(&bytes, id).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Every manifest held.
+    pub fn manifests(&self) -> Vec<Hash> {
+        let Ok(dir) = std::fs::read_dir(self.root.join("manifests")) else {
+            return Vec::new();
+        };
+        dir.flatten()
+            .filter_map(|e| from_hex(e.file_name().to_str()?))
+            .collect()
+    }
+
+    /// Whether every block of `manifest` is here.
+    pub fn complete(&self, manifest: &Manifest) -> bool {
+        (0..manifest.len()).all(|i| self.has(&manifest.hash(i)))
+    }
+
+    /// Cuts the file at `path` into blocks and stores them with their
+    /// manifest, streaming. Returns the manifest and its id.
+    pub fn import(&self, path: &Path) -> Result<(Hash, Manifest), BlockError> {
+        let chunks = fastcdc::v2020::StreamCDC::new(
+            io::BufReader::with_capacity(1 << 20, File::open(path)?),
+            MIN_CHUNK,
+            AVG_CHUNK,
+            MAX_CHUNK,
+        );
+        let mut whole = Sha256::new();
+        let (mut hashes, mut sizes, mut size) = (Vec::new(), Vec::new(), 0u64);
+        for chunk in chunks {
+            let chunk = chunk.map_err(|e| match e {
+                fastcdc::v2020::Error::IoError(e) => BlockError::Io(e),
+                other => BlockError::Io(io::Error::other(other.to_string())),
+            })?;
+            whole.update(&chunk.data);
+            let hash = sha256(&chunk.data);
+            self.put_verified(&hash, &chunk.data)?;
+            hashes.extend_from_slice(&hash);
+            sizes.push(chunk.length as u32);
+            size += chunk.length as u64;
+            if sizes.len() > MAX_BLOCKS {
+                return Err(BlockError::BadManifest("artifact too large".into()));
+            }
+        }
+        let manifest = Manifest {
+            v: MANIFEST_VERSION,
+            size,
+            sha256: ByteBuf::from(whole.finalize().to_vec()),
+            hashes: ByteBuf::from(hashes),
+            sizes,
+        };
+        let id = self.put_manifest(&manifest)?;
+        Ok((id, manifest))
+    }
+
+    /// Reads the artifact back as one file, block by block, checking each.
+    pub fn reader<'a>(&'a self, manifest: &'a Manifest) -> ArtifactReader<'a> {
+        ArtifactReader {
+            store: self,
+            offsets: manifest.offsets(),
+            manifest,
+            pos: 0,
+            current: None,
+        }
+    }
+
+    /// Checks the whole artifact: every block, and the file's sha256.
+    pub fn verify(&self, manifest: &Manifest) -> Result<(), BlockError> {
+        let mut hash = Sha256::new();
+        for i in 0..manifest.len() {
+            hash.update(self.get(&manifest.hash(i))?);
+        }
+        if hash.finalize().as_slice() != manifest.sha256.as_slice() {
+            return Err(BlockError::BadManifest(
+                "the assembled artifact does not match its sha256".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Deletes every manifest not in `keep` and every block no kept
+    /// manifest uses. Returns (blocks, bytes) removed.
+    pub fn collect_garbage(&self, keep: &[Hash]) -> Result<(u64, u64), BlockError> {
+        let mut used = std::collections::HashSet::new();
+        for id in keep {
+            if let Some(m) = self.manifest(id)? {
+                for i in 0..m.len() {
+                    used.insert(m.hash(i));
+                }
+            }
+        }
+        for id in self.manifests() {
+            if !keep.contains(&id) {
+                let _ = std::fs::remove_file(self.manifest_path(&id));
+            }
+        }
+        let (mut blocks, mut bytes) = (0u64, 0u64);
+        for dir in std::fs::read_dir(self.root.join("blocks"))?.flatten() {
+            for entry in std::fs::read_dir(dir.path())?.flatten() {
+                let Some(hash) = entry.file_name().to_str().and_then(from_hex) else {
+                    continue;
+                };
+                if !used.contains(&hash) {
+                    let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                    self.remove(&hash);
+                    blocks += 1;
+                    bytes += len;
+                }
+            }
+        }
+        Ok((blocks, bytes))
+    }
+}
+
+/// A manifest's blocks read as one seekable file (for unzipping without
+/// assembling the zip first). Holds one block in memory.
+pub struct ArtifactReader<'a> {
+    store: &'a BlockStore,
+    manifest: &'a Manifest,
+    offsets: Vec<u64>,
+    pos: u64,
+    current: Option<(usize, Vec<u8>)>,
+}
+
+impl Read for ArtifactReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pos >= self.manifest.size || buf.is_empty() {
+            return Ok(0);
+        }
+        // The block holding `pos`: the last offset at or before it.
+        let i = self.offsets.partition_point(|o| *o <= self.pos) - 1;
+        if self.current.as_ref().map(|(c, _)| *c) != Some(i) {
+            let data = self
+                .store
+                .get(&self.manifest.hash(i))
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            self.current = Some((i, data));
+        }
+        let Some((_, data)) = &self.current else {
+            return Ok(0);
+        };
+        let within = (self.pos - self.offsets[i]) as usize;
+        let n = buf.len().min(data.len().saturating_sub(within));
+        buf[..n].copy_from_slice(&data[within..within + n]);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for ArtifactReader<'_> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let size = self.manifest.size as i128;
+        let target = match to {
+            SeekFrom::Start(n) => i128::from(n),
+            SeekFrom::End(d) => size + i128::from(d),
+            SeekFrom::Current(d) => i128::from(self.pos) + i128::from(d),
+        };
+        if target < 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek before start",
+            ));
+        }
+        self.pos = u64::try_from(target).unwrap_or(u64::MAX);
+        Ok(self.pos)
+    }
+}
+
+/// Writes an artifact's bytes out as one file (for tests and tools).
+pub fn assemble(
+    store: &BlockStore,
+    manifest: &Manifest,
+    out: &mut impl Write,
+) -> Result<u64, BlockError> {
+    Ok(io::copy(&mut store.reader(manifest), out)?)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn random(n: usize, seed: u64) -> Vec<u8> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        (0..n).map(|_| rng.gen()).collect()
+    }
+
+    fn import_bytes(store: &BlockStore, data: &[u8]) -> (Hash, Manifest) {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), data).unwrap();
+        store.import(f.path()).unwrap()
+    }
+
+    #[test]
+    fn import_then_read_back_is_identical_and_seekable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlockStore::open(dir.path()).unwrap();
+        let data = random(3 << 20, 1);
+        let (id, m) = import_bytes(&store, &data);
+        assert!(m.len() > 8, "{} blocks", m.len());
+        assert!(m.sizes.iter().all(|s| *s <= MAX_CHUNK));
+        assert_eq!(store.manifest(&id).unwrap().unwrap(), m);
+        let mut out = Vec::new();
+        assemble(&store, &m, &mut out).unwrap();
+        assert_eq!(out, data);
+        store.verify(&m).unwrap();
+        let mut r = store.reader(&m);
+        r.seek(SeekFrom::End(-10)).unwrap();
+        let mut tail = Vec::new();
+        r.read_to_end(&mut tail).unwrap();
+        assert_eq!(tail, data[data.len() - 10..]);
+        r.seek(SeekFrom::Start(100_000)).unwrap();
+        let mut mid = [0u8; 300_000];
+        r.read_exact(&mut mid).unwrap();
+        assert_eq!(mid[..], data[100_000..400_000]);
+        assert_eq!(store.stats().1, data.len() as u64);
+        // Reopening counts the same.
+        let again = BlockStore::open(dir.path()).unwrap();
+        assert_eq!(again.stats(), store.stats());
+    }
+
+    #[test]
+    fn a_local_edit_changes_few_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlockStore::open(dir.path()).unwrap();
+        let mut data = random(8 << 20, 2);
+        let (_, a) = import_bytes(&store, &data);
+        data.splice(4_000_000..4_000_010, b"edited, and longer".iter().copied());
+        let (_, b) = import_bytes(&store, &data);
+        let old: std::collections::HashSet<_> = (0..a.len()).map(|i| a.hash(i)).collect();
+        let moved: u64 = (0..b.len())
+            .filter(|i| !old.contains(&b.hash(*i)))
+            .map(|i| b.size_of(i))
+            .sum();
+        assert!(
+            moved * 100 < b.size,
+            "{moved} of {} bytes changed blocks",
+            b.size
+        );
+    }
+
+    #[test]
+    fn corruption_is_refused_and_detected_on_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlockStore::open(dir.path()).unwrap();
+        let good = random(1000, 3);
+        let hash = sha256(&good);
+        assert!(matches!(
+            store.put(&hash, b"not it"),
+            Err(BlockError::Corrupt(_))
+        ));
+        assert!(store.put(&hash, &good).unwrap());
+        assert!(!store.put(&hash, &good).unwrap(), "second put is a no-op");
+        std::fs::write(store.block_path(&hash), b"tampered").unwrap();
+        assert!(matches!(store.get(&hash), Err(BlockError::Corrupt(_))));
+        assert!(!store.has(&hash), "a corrupt block is dropped");
+    }
+
+    #[test]
+    fn manifests_are_checked_against_their_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlockStore::open(dir.path()).unwrap();
+        let (id, m) = import_bytes(&store, &random(200_000, 4));
+        let bytes = m.encode();
+        assert!(Manifest::decode(&bytes, &id).is_ok());
+        assert!(Manifest::decode(&bytes, &[0; 32]).is_err());
+        let mut lying = m.clone();
+        lying.size += 1;
+        let lie = lying.encode();
+        assert!(Manifest::decode(&lie, &sha256(&lie)).is_err());
+        assert!(Manifest::decode(b"\xff\x00garbage", &sha256(b"\xff\x00garbage")).is_err());
+    }
+
+    #[test]
+    fn garbage_collection_keeps_what_kept_manifests_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlockStore::open(dir.path()).unwrap();
+        let shared = random(600_000, 5);
+        let mut a = shared.clone();
+        a.extend(random(300_000, 6));
+        let mut b = shared;
+        b.extend(random(300_000, 7));
+        let (ida, ma) = import_bytes(&store, &a);
+        let (idb, mb) = import_bytes(&store, &b);
+        let (removed, _) = store.collect_garbage(&[idb]).unwrap();
+        assert!(removed > 0);
+        assert!(store.complete(&mb));
+        assert!(!store.complete(&ma));
+        assert_eq!(store.manifests(), vec![idb]);
+        assert!(store.manifest(&ida).unwrap().is_none());
+        let mut out = Vec::new();
+        assemble(&store, &mb, &mut out).unwrap();
+        assert_eq!(out, b);
+    }
+
+    #[test]
+    fn an_empty_artifact_has_no_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlockStore::open(dir.path()).unwrap();
+        let (_, m) = import_bytes(&store, b"");
+        assert!(m.is_empty());
+        store.verify(&m).unwrap();
+    }
+}
