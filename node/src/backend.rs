@@ -20,6 +20,7 @@ pub struct NodeBackend {
     pub state: Arc<State>,
     pub sites: Sites,
     pub metrics: Arc<NodeMetrics>,
+    pub exchange: Arc<p2p::exchange::Exchange>,
     pub admin_token: String,
     pub site_domain: String,
     pub sites_port: u16,
@@ -107,6 +108,7 @@ impl web::Backend for NodeBackend {
             created_at_ms: now,
             error: None,
             requires: Vec::new(),
+            built_at_ms: 0,
             stamp: Hlc::default(),
             writer: String::new(),
         };
@@ -132,11 +134,33 @@ impl web::Backend for NodeBackend {
     }
 
     fn deployment(&self, id: &str) -> Result<Option<DeploymentView>, ApiError> {
-        Ok(self
+        let Some(rec) = self.state.deployment(id).map_err(internal)? else {
+            return Ok(None);
+        };
+        let mut view = rec.to_view();
+        let info = self.info.borrow().clone();
+        let names: std::collections::HashMap<String, String> = self
+            .members
+            .view(&info, &[])
+            .into_iter()
+            .map(|p| (p.id, p.name))
+            .collect();
+        view.replicas = self
             .state
-            .deployment(id)
+            .replicas(id)
             .map_err(internal)?
-            .map(|r| r.to_view()))
+            .into_iter()
+            .map(|r| web::ReplicaView {
+                name: names.get(&r.peer).cloned(),
+                state: r.state.as_str().to_owned(),
+                bytes: r.bytes,
+                total: r.total,
+                updated_at: crate::model::rfc3339(r.stamp.wall_ms),
+                error: r.error,
+                peer: r.peer,
+            })
+            .collect();
+        Ok(Some(view))
     }
 
     fn logs(&self, id: &str) -> Result<Option<Vec<LogLine>>, ApiError> {
@@ -199,6 +223,8 @@ impl web::Backend for NodeBackend {
             .iter()
             .map(|s| (s.as_str(), counts.get(s).copied().unwrap_or(0)))
             .collect();
-        self.metrics.render(&rows)
+        let mut out = self.metrics.render(&rows);
+        crate::metrics::render_exchange(&mut out, &self.exchange);
+        out
     }
 }

@@ -103,6 +103,17 @@ pub struct NodeConfig {
     /// Largest site (unpacked), in MiB.
     #[arg(long, env = "SHOAL_MAX_SITE_MB", default_value_t = 2048)]
     pub max_site_mb: u64,
+    /// How long a built deployment may take to reach every live peer
+    /// before it is `distributionFailed`.
+    #[arg(long, env = "SHOAL_DISTRIBUTION_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub distribution_timeout: Duration,
+    /// Successful deployments each peer keeps per site (served, or ready
+    /// for rollback); older ones are garbage-collected.
+    #[arg(long, env = "SHOAL_KEEP_DEPLOYMENTS", default_value_t = 5)]
+    pub keep_deployments: usize,
+    /// Upload rate limit for artifact blocks, in KiB/s (0: none).
+    #[arg(long, env = "SHOAL_UPLOAD_LIMIT_KIB", default_value_t = 0)]
+    pub upload_limit_kib: u64,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -1,11 +1,10 @@
-//! One claimed deployment carried to its end on this peer: build, then
-//! install and switch the site, or fail with the reason in the log. Every
+//! One claimed deployment carried through its build on this peer: clone,
+//! build, pack into blocks, or fail with the reason in the log. Every
 //! write is fenced by the claim (epoch and builder), so a peer that lost its
 //! claim changes nothing.
 
 use crate::build::{self, BuildError, Job, Logger};
 use crate::model::DeploymentRecord;
-use crate::site::UnpackLimits;
 use crate::state::{Level, State};
 use crate::validate;
 use crate::worker::Shared;
@@ -98,7 +97,7 @@ pub async fn build_and_publish(
         commit: rec.commit.as_deref(),
         live_url: &rec.live_url,
         workdir: &workdir,
-        artifacts: &shared.artifacts_dir,
+        blocks: &shared.blocks,
     };
     let result = build::run(&shared.settings, job, &log, cancel, |commit| {
         let _ = fenced(state, &rec.id, epoch, |r| {
@@ -115,17 +114,16 @@ pub async fn build_and_publish(
                 "built in {:.1} s",
                 started.elapsed().as_secs_f64()
             ));
-            let done = fenced(state, &rec.id, epoch, |r| {
+            // From here the distributor of every peer (this one included)
+            // takes the artifact on: fetch, unpack, report, switch.
+            let now = state.now_ms();
+            let _ = fenced(state, &rec.id, epoch, |r| {
                 r.status = Status::Built;
                 r.artifact = Some(built.artifact.clone());
                 r.commit = Some(built.commit.clone());
+                r.built_at_ms = now;
             });
             let _ = state.flush().await;
-            if let Ok(true) = done {
-                if let Ok(Some(rec)) = state.deployment(&rec.id) {
-                    publish(shared, &rec).await;
-                }
-            }
         }
         Err(err) if err.is_cancel() => info!("build stopped"),
         Err(BuildError::MissingTool { tool, kind }) if someone_has(shared, &tool) => {
@@ -183,7 +181,7 @@ fn hand_over(state: &State, id: &str, epoch: u64, tool: &str, kind: &str, log: &
 /// Ends a deployment with `status`, if this peer still holds its claim. The
 /// reason is logged before the status changes, so whoever sees the end also
 /// finds the reason in the log.
-fn fail(state: &State, id: &str, epoch: u64, status: Status, reason: &str, log: &Logger) {
+pub fn fail(state: &State, id: &str, epoch: u64, status: Status, reason: &str, log: &Logger) {
     if !holds_claim(state, id, epoch) {
         return;
     }
@@ -192,69 +190,4 @@ fn fail(state: &State, id: &str, epoch: u64, status: Status, reason: &str, log: 
         r.status = status;
         r.error = Some(reason.to_owned());
     });
-}
-
-/// Installs a built artifact into the sites directory and makes it live
-/// (unless a newer deployment of the same site is live already).
-pub async fn publish(shared: &Shared, rec: &DeploymentRecord) {
-    let state = &shared.state;
-    let log = Logger::new(state.clone(), &rec.id, "unpack");
-    let Some(artifact) = rec.artifact.clone() else {
-        return;
-    };
-    let zip = shared.artifacts_dir.join(format!("{artifact}.zip"));
-    let (sites, name, id) = (shared.sites.clone(), rec.name.clone(), rec.id.clone());
-    let limits = UnpackLimits::with_total(shared.settings.max_site_bytes);
-    let unpacked =
-        tokio::task::spawn_blocking(move || sites.install(&name, &id, &zip, limits)).await;
-    let unpacked = unpacked
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()));
-    match unpacked {
-        Ok((files, bytes)) => log.info(&format!("unpacked {files} files, {bytes} bytes")),
-        Err(err) => {
-            let reason = format!("unpack failed: {err}");
-            fail(
-                state,
-                &rec.id,
-                rec.epoch,
-                Status::DistributionFailed,
-                &reason,
-                &log,
-            );
-            return;
-        }
-    }
-    let live = log.step("live");
-    let newer_live = shared
-        .sites
-        .current(&rec.name)
-        .is_some_and(|cur| cur > rec.id);
-    if newer_live {
-        live.info("a newer deployment of this site is already live; keeping it");
-    } else if let Err(err) = shared.sites.switch(&rec.name, &rec.id) {
-        fail(
-            state,
-            &rec.id,
-            rec.epoch,
-            Status::DistributionFailed,
-            &format!("could not switch the site: {err}"),
-            &live,
-        );
-        return;
-    }
-    if !newer_live {
-        live.info(&format!("live at {} on peer {}", rec.live_url, state.peer));
-    }
-    // Until artifacts travel between peers, only a mesh of one is complete
-    // (alone now, and never having seen another peer).
-    if shared.members.alone() {
-        let _ = fenced(state, &rec.id, rec.epoch, |r| r.status = Status::Success);
-    } else {
-        let peers = shared.members.alive_count();
-        live.info(&format!(
-            "built; the other peers do not hold it yet ({peers} alive)"
-        ));
-    }
-    let _ = state.flush().await;
 }

@@ -4,6 +4,7 @@ mod backend;
 mod build;
 mod cli;
 mod config;
+mod distribute;
 mod election;
 mod job;
 mod load;

@@ -1,4 +1,5 @@
-//! The node's own Prometheus figures: deployments by status and build durations.
+//! The node's own Prometheus figures: deployments by status, build
+//! durations, and the block exchange's counters.
 
 use std::fmt::Write;
 use std::sync::Mutex;
@@ -59,5 +60,67 @@ impl NodeMetrics {
         let _ = writeln!(out, "shoal_build_duration_seconds_sum {}", b.1);
         let _ = writeln!(out, "shoal_build_duration_seconds_count {}", b.2);
         out
+    }
+}
+
+/// The block store and exchange counters.
+pub fn render_exchange(out: &mut String, ex: &p2p::exchange::Exchange) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let s = &ex.stats;
+    let (blocks, bytes) = ex.store.stats();
+    let rows: [(&str, &str, &str, u64); 8] = [
+        (
+            "shoal_block_store_blocks",
+            "gauge",
+            "Blocks held by this peer.",
+            blocks,
+        ),
+        (
+            "shoal_block_store_bytes",
+            "gauge",
+            "Bytes of blocks held by this peer.",
+            bytes,
+        ),
+        (
+            "shoal_blocks_fetched_total",
+            "counter",
+            "Blocks received from other peers.",
+            s.fetched_blocks.load(Relaxed),
+        ),
+        (
+            "shoal_blocks_fetched_bytes_total",
+            "counter",
+            "Block bytes received from other peers (duplicates included).",
+            s.fetched_bytes.load(Relaxed),
+        ),
+        (
+            "shoal_blocks_duplicate_bytes_total",
+            "counter",
+            "Block bytes received that were already here.",
+            s.duplicate_bytes.load(Relaxed),
+        ),
+        (
+            "shoal_blocks_served_total",
+            "counter",
+            "Blocks sent to other peers.",
+            s.served_blocks.load(Relaxed),
+        ),
+        (
+            "shoal_blocks_served_bytes_total",
+            "counter",
+            "Block bytes sent to other peers.",
+            s.served_bytes.load(Relaxed),
+        ),
+        (
+            "shoal_blocks_corrupt_total",
+            "counter",
+            "Blocks received that did not match their hash.",
+            s.bad_blocks.load(Relaxed),
+        ),
+    ];
+    for (name, kind, help, value) in rows {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        let _ = writeln!(out, "{name} {value}");
     }
 }

@@ -52,6 +52,10 @@ pub struct DeploymentRecord {
     /// found missing on an earlier builder, e.g. `hugo`).
     #[serde(default)]
     pub requires: Vec<String>,
+    /// When the build finished (ms since the Unix epoch; 0 before): the
+    /// distribution deadline counts from here.
+    #[serde(default)]
+    pub built_at_ms: u64,
     /// When and by whom this version of the row was written.
     pub stamp: Hlc,
     pub writer: String,
@@ -94,6 +98,7 @@ impl DeploymentRecord {
             created_at: rfc3339(self.created_at_ms),
             updated_at: rfc3339(self.stamp.wall_ms),
             error: self.error.clone(),
+            replicas: Vec::new(),
         }
     }
 }
@@ -134,15 +139,58 @@ impl Merge for LogRecord {
     }
 }
 
-/// What one peer holds of one deployment (single writer: that peer).
+/// Where one peer is with one deployment's artifact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ReplicaState {
+    /// Blocks are arriving.
+    Fetching,
+    /// Every block is here and checked, and the site is unpacked.
+    Complete,
+    /// This peer could not fetch or unpack it (see `error`).
+    Failed,
+    /// Removed here by garbage collection.
+    Evicted,
+}
+
+impl ReplicaState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplicaState::Fetching => "fetching",
+            ReplicaState::Complete => "complete",
+            ReplicaState::Failed => "failed",
+            ReplicaState::Evicted => "evicted",
+        }
+    }
+}
+
+/// What one peer holds of one deployment (single writer: that peer). Key:
+/// `<deployment>/<peer>`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct DeploymentFile {
     pub deployment: String,
     pub peer: String,
+    /// Where the site is unpacked on that peer.
     pub path: String,
+    /// Bytes of the artifact held so far.
     pub bytes: u64,
     pub created_at_ms: u64,
     pub stamp: Hlc,
+    #[serde(default = "complete")]
+    pub state: ReplicaState,
+    /// Size of the whole artifact (0 until known).
+    #[serde(default)]
+    pub total: u64,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+fn complete() -> ReplicaState {
+    ReplicaState::Complete
+}
+
+pub fn file_key(deployment: &str, peer: &str) -> Vec<u8> {
+    format!("{deployment}/{peer}").into_bytes()
 }
 
 impl Merge for DeploymentFile {
@@ -226,7 +274,7 @@ mod tests {
                 id: "01J0000000000000000000000".into(), name: "site".into(),
                 repo_url: "https://example.com/site.git".into(), git_ref: None, commit: None,
                 status, builder: Some(writer.clone()), epoch, lease_until_ms: 0, artifact: None,
-                live_url: "http://site.localhost/".into(), created_at_ms: 0, error, requires: vec![],
+                live_url: "http://site.localhost/".into(), created_at_ms: 0, error, requires: vec![], built_at_ms: 0,
                 stamp: Hlc { wall_ms: wall, counter }, writer,
             }
         }
@@ -281,7 +329,8 @@ mod tests {
     }
     prop_compose! {
         fn file()(peer in "[ab]", bytes in 0u64..3, stamp in stamp()) -> DeploymentFile {
-            DeploymentFile { deployment: "d".into(), peer, path: "p".into(), bytes, created_at_ms: 0, stamp }
+            DeploymentFile { deployment: "d".into(), peer, path: "p".into(), bytes, created_at_ms: 0, stamp,
+                             state: ReplicaState::Fetching, total: 3, error: None }
         }
     }
     prop_compose! {

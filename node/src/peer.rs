@@ -52,7 +52,7 @@ fn random_hex(bytes: usize) -> String {
 
 pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let data = &cfg.data;
-    for sub in ["", "builds", "artifacts", "sites"] {
+    for sub in ["", "builds", "blocks", "sites"] {
         std::fs::create_dir_all(data.join(sub))
             .with_context(|| format!("creating {}", data.join(sub).display()))?;
     }
@@ -164,6 +164,14 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     } else {
         mesh.synced.clone()
     };
+    let block_store = Arc::new(
+        p2p::blocks::BlockStore::open(&data.join("blocks")).context("opening the block store")?,
+    );
+    let exchange = p2p::exchange::Exchange::new(
+        block_store.clone(),
+        &mesh.client,
+        cfg.upload_limit_kib * 1024,
+    );
     let active_builds = Arc::new(AtomicUsize::new(0));
     let sites = Sites::new(data.join("sites"));
     let metrics = Arc::new(NodeMetrics::default());
@@ -175,6 +183,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         state: state.clone(),
         sites: sites.clone(),
         metrics: metrics.clone(),
+        exchange: exchange.clone(),
         admin_token,
         site_domain: cfg.site_domain.to_ascii_lowercase(),
         sites_port: sites_addr.port(),
@@ -189,7 +198,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         sites,
         metrics,
         builds_dir: data.join("builds"),
-        artifacts_dir: data.join("artifacts"),
+        blocks: block_store,
         members: mesh.members.clone(),
         info: info_rx,
         active_builds: active_builds.clone(),
@@ -212,6 +221,20 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     std::fs::rename(&tmp, data.join("endpoints.json"))?;
 
     let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(exchange.clone().serve(shutdown_rx.clone()));
+    tasks.spawn(
+        crate::distribute::Distributor::new(
+            shared.clone(),
+            exchange,
+            mesh.client.clone(),
+            crate::distribute::DistributeSettings {
+                timeout: cfg.distribution_timeout,
+                keep: cfg.keep_deployments.max(1),
+            },
+            synced.clone(),
+        )
+        .run(shutdown_rx.clone()),
+    );
     tasks.spawn(Worker::new(shared, cfg.max_builds, wake_rx, synced).run(shutdown_rx.clone()));
     tasks.spawn(crate::load::report(
         info_tx,

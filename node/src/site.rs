@@ -5,8 +5,7 @@
 //! Layout: `sites/<name>/versions/<deployment id>/…` and
 //! `sites/<name>/current → versions/<deployment id>`.
 
-use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek};
 use std::path::{Component, Path, PathBuf};
 
 /// Bounds on what an archive may unpack to.
@@ -64,26 +63,26 @@ fn safe_relative(name: &str) -> Option<PathBuf> {
     (!out.as_os_str().is_empty()).then_some(out)
 }
 
-/// Unpacks `zip_path` into `dest` (created; must not exist). On any error the
-/// partial directory is removed.
-pub fn unpack(
-    zip_path: &Path,
+/// Unpacks the zip read from `zip` into `dest` (created; must not exist).
+/// On any error the partial directory is removed.
+pub fn unpack<R: Read + Seek>(
+    zip: R,
     dest: &Path,
     limits: UnpackLimits,
 ) -> Result<(usize, u64), UnpackError> {
-    let result = unpack_inner(zip_path, dest, limits);
+    let result = unpack_inner(zip, dest, limits);
     if result.is_err() {
         let _ = std::fs::remove_dir_all(dest);
     }
     result
 }
 
-fn unpack_inner(
-    zip_path: &Path,
+fn unpack_inner<R: Read + Seek>(
+    zip: R,
     dest: &Path,
     limits: UnpackLimits,
 ) -> Result<(usize, u64), UnpackError> {
-    let mut archive = zip::ZipArchive::new(File::open(zip_path)?)?;
+    let mut archive = zip::ZipArchive::new(zip)?;
     if archive.len() > limits.max_entries {
         return Err(UnpackError::TooManyEntries(limits.max_entries));
     }
@@ -164,11 +163,11 @@ impl Sites {
 
     /// Unpacks an artifact as version `deployment` of `name` (unless it is
     /// already there).
-    pub fn install(
+    pub fn install<R: Read + Seek>(
         &self,
         name: &str,
         deployment: &str,
-        zip: &Path,
+        zip: R,
         limits: UnpackLimits,
     ) -> Result<(usize, u64), UnpackError> {
         let dir = self.version_dir(name, deployment);
@@ -182,6 +181,27 @@ impl Sites {
         Ok(stats)
     }
 
+    /// The site names with a directory here.
+    pub fn names(&self) -> Vec<String> {
+        list_dir(&self.root)
+    }
+
+    /// The deployments unpacked for `name`.
+    pub fn versions(&self, name: &str) -> Vec<String> {
+        list_dir(&self.root.join(name).join("versions"))
+            .into_iter()
+            .filter(|v| !v.contains(".unpacking-"))
+            .collect()
+    }
+
+    /// Removes an unpacked version (never the one served now).
+    pub fn remove_version(&self, name: &str, deployment: &str) -> io::Result<()> {
+        if self.current(name).as_deref() == Some(deployment) {
+            return Ok(());
+        }
+        std::fs::remove_dir_all(self.version_dir(name, deployment))
+    }
+
     /// Points `current` at version `deployment` with one atomic rename.
     pub fn switch(&self, name: &str, deployment: &str) -> io::Result<()> {
         let site = self.root.join(name);
@@ -192,9 +212,21 @@ impl Sites {
     }
 }
 
+fn list_dir(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
     use std::io::Write;
     use zip::write::SimpleFileOptions;
 
@@ -224,7 +256,10 @@ mod tests {
         let z = zip_with(&[("index.html", b"hi"), ("a/b.css", b"x")], None);
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("v");
-        assert_eq!(unpack(z.path(), &dest, LIMITS).unwrap(), (2, 3));
+        assert_eq!(
+            unpack(File::open(z.path()).unwrap(), &dest, LIMITS).unwrap(),
+            (2, 3)
+        );
         assert_eq!(std::fs::read(dest.join("a/b.css")).unwrap(), b"x");
     }
 
@@ -235,25 +270,28 @@ mod tests {
         for name in ["../evil", "/abs", "a/../../evil", "a\\..\\evil"] {
             let z = zip_with(&[(name, b"x")], None);
             assert!(
-                matches!(unpack(z.path(), &dest, LIMITS), Err(UnpackError::Slip(_))),
+                matches!(
+                    unpack(File::open(z.path()).unwrap(), &dest, LIMITS),
+                    Err(UnpackError::Slip(_))
+                ),
                 "{name}"
             );
             assert!(!dest.exists(), "partial output must be removed");
         }
         let z = zip_with(&[("index.html", b"x")], Some("link"));
         assert!(matches!(
-            unpack(z.path(), &dest, LIMITS),
+            unpack(File::open(z.path()).unwrap(), &dest, LIMITS),
             Err(UnpackError::NotAFile(_))
         ));
         let z = zip_with(&[("x/a", b"x"), ("x//a", b"y")], None);
         assert!(matches!(
-            unpack(z.path(), &dest, LIMITS),
+            unpack(File::open(z.path()).unwrap(), &dest, LIMITS),
             Err(UnpackError::Duplicate(_))
         ));
         let zeros = vec![0u8; 8 << 20];
         let z = zip_with(&[("bomb", &zeros)], None);
         assert!(matches!(
-            unpack(z.path(), &dest, LIMITS),
+            unpack(File::open(z.path()).unwrap(), &dest, LIMITS),
             Err(UnpackError::Ratio(_))
         ));
         let small = UnpackLimits {
@@ -262,7 +300,7 @@ mod tests {
             ..LIMITS
         };
         assert!(matches!(
-            unpack(z.path(), &dest, small),
+            unpack(File::open(z.path()).unwrap(), &dest, small),
             Err(UnpackError::TooLarge(1000))
         ));
         let many = UnpackLimits {
@@ -271,7 +309,7 @@ mod tests {
         };
         let z = zip_with(&[("a", b"x"), ("b", b"y")], None);
         assert!(matches!(
-            unpack(z.path(), &dest, many),
+            unpack(File::open(z.path()).unwrap(), &dest, many),
             Err(UnpackError::TooManyEntries(1))
         ));
     }
@@ -282,7 +320,9 @@ mod tests {
         let sites = Sites::new(dir.path().to_path_buf());
         for id in ["A", "B"] {
             let z = zip_with(&[("index.html", id.as_bytes())], None);
-            sites.install("blog", id, z.path(), LIMITS).unwrap();
+            sites
+                .install("blog", id, File::open(z.path()).unwrap(), LIMITS)
+                .unwrap();
             sites.switch("blog", id).unwrap();
             assert_eq!(sites.current("blog").as_deref(), Some(id));
             assert_eq!(

@@ -3,7 +3,9 @@
 //! Changes from this peer and from the mesh alike are turned into live
 //! events (status changes, log lines) for the UI and the build worker.
 
-use crate::model::{log_key, log_view, DeploymentFile, DeploymentRecord, LogRecord, Project};
+use crate::model::{
+    file_key, log_key, log_view, DeploymentFile, DeploymentRecord, LogRecord, Project,
+};
 use p2p::{Change, Clock, Store, StoreError, Table};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,13 +27,14 @@ pub struct State {
     pub store: Store,
     deployments: Table<DeploymentRecord>,
     logs: Table<LogRecord>,
-    /// Replicated now; written by artifact distribution.
-    #[allow(dead_code)]
+    /// What each peer holds of each deployment.
     files: Table<DeploymentFile>,
     /// Replicated now; written by projects and rollback.
     #[allow(dead_code)]
     projects: Table<Project>,
     events: broadcast::Sender<Event>,
+    /// Bumped on every change of a deployment or a replica (from anywhere).
+    changes: tokio::sync::watch::Sender<u64>,
     /// Lines this peer logged per deployment (seeded from the table lazily).
     log_counts: Mutex<HashMap<String, usize>>,
 }
@@ -85,8 +88,12 @@ fn event_for(change: &Change, clock: &Clock) -> Option<Event> {
 impl State {
     pub fn open(store: Store, peer: String, clock: Arc<Clock>) -> Result<Self, StoreError> {
         let events = broadcast::channel(EVENT_BUFFER).0;
-        let (tx, c) = (events.clone(), clock.clone());
+        let changes = tokio::sync::watch::channel(0u64).0;
+        let (tx, c, ch) = (events.clone(), clock.clone(), changes.clone());
         store.listen(Arc::new(move |change: &Change| {
+            if matches!(&*change.table, "deployments" | "deployment_files") {
+                ch.send_modify(|n| *n = n.wrapping_add(1));
+            }
             if let Some(ev) = event_for(change, &c) {
                 let _ = tx.send(ev);
             }
@@ -100,6 +107,7 @@ impl State {
             clock,
             store,
             events,
+            changes,
             log_counts: Mutex::new(HashMap::new()),
         })
     }
@@ -110,6 +118,36 @@ impl State {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+
+    /// Wakes on every change of a deployment or a replica.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Writes this peer's replica row (stamped here; single writer).
+    pub fn put_replica(&self, mut rec: DeploymentFile) -> Result<(), StoreError> {
+        rec.stamp = self.clock.now();
+        rec.peer = self.peer.clone();
+        let key = file_key(&rec.deployment, &self.peer);
+        self.files.merge(&key, rec)?;
+        Ok(())
+    }
+
+    /// Every peer's replica of `deployment`.
+    pub fn replicas(&self, deployment: &str) -> Result<Vec<DeploymentFile>, StoreError> {
+        let prefix = format!("{deployment}/");
+        Ok(self
+            .files
+            .scan_prefix(prefix.as_bytes())?
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect())
+    }
+
+    /// This peer's replica of `deployment`.
+    pub fn my_replica(&self, deployment: &str) -> Result<Option<DeploymentFile>, StoreError> {
+        self.files.get(&file_key(deployment, &self.peer))
     }
 
     pub async fn flush(&self) -> Result<(), StoreError> {

@@ -9,7 +9,7 @@
 
 use crate::build::{BuildSettings, Logger};
 use crate::election::{self, Candidate};
-use crate::job::{build_and_publish, fenced, publish};
+use crate::job::{build_and_publish, fenced};
 use crate::load::BUILD;
 use crate::metrics::NodeMetrics;
 use crate::model::DeploymentRecord;
@@ -42,7 +42,8 @@ pub struct Shared {
     pub sites: Sites,
     pub metrics: Arc<NodeMetrics>,
     pub builds_dir: PathBuf,
-    pub artifacts_dir: PathBuf,
+    /// Built artifacts, as blocks (shared with the block exchange).
+    pub blocks: Arc<p2p::blocks::BlockStore>,
     pub members: Arc<Members>,
     pub info: watch::Receiver<LocalInfo>,
     /// Builds running on this peer (part of its load).
@@ -241,17 +242,8 @@ impl Worker {
                 Status::Building => {
                     rec.lease_until_ms < now && self.my_turn(&rec, &candidates, now)
                 }
-                Status::Built => mine && !self.artifact_path(&rec).is_some_and(|p| p.is_file()),
                 _ => false,
             };
-            // Built here before a restart, but not unpacked yet: finish that.
-            let unpublished = !self.shared.sites.version_dir(&rec.name, &rec.id).is_dir();
-            if rec.status == Status::Built && mine && !runnable {
-                if unpublished {
-                    self.spawn_publish(rec);
-                }
-                continue;
-            }
             if !runnable || self.active.len() >= self.max_builds {
                 continue;
             }
@@ -277,12 +269,6 @@ impl Worker {
                 r.error = Some(reason.clone());
             }
         });
-    }
-
-    fn artifact_path(&self, rec: &DeploymentRecord) -> Option<PathBuf> {
-        rec.artifact
-            .as_ref()
-            .map(|a| self.shared.artifacts_dir.join(format!("{a}.zip")))
     }
 
     fn claim_and_build(&mut self, rec: DeploymentRecord) {
@@ -323,27 +309,6 @@ impl Worker {
             async move {
                 let id = rec.id.clone();
                 build_and_publish(&shared, rec, epoch, log, cancel_rx).await;
-                id
-            }
-            .instrument(span),
-        );
-    }
-
-    fn spawn_publish(&mut self, rec: DeploymentRecord) {
-        let (cancel, _) = watch::channel(false);
-        self.active.insert(
-            rec.id.clone(),
-            Active {
-                epoch: rec.epoch,
-                cancel,
-            },
-        );
-        let shared = self.shared.clone();
-        let span = info_span!("deployment", id = %rec.id, name = %rec.name, epoch = rec.epoch);
-        self.tasks.spawn(
-            async move {
-                let id = rec.id.clone();
-                publish(&shared, &rec).await;
                 id
             }
             .instrument(span),

@@ -395,8 +395,20 @@ impl BlockStore {
     }
 
     /// Deletes every manifest not in `keep` and every block no kept
-    /// manifest uses. Returns (blocks, bytes) removed.
-    pub fn collect_garbage(&self, keep: &[Hash]) -> Result<(u64, u64), BlockError> {
+    /// manifest uses, except files younger than `min_age` (an artifact
+    /// being imported or fetched right now). Returns (blocks, bytes) removed.
+    pub fn collect_garbage(
+        &self,
+        keep: &[Hash],
+        min_age: std::time::Duration,
+    ) -> Result<(u64, u64), BlockError> {
+        let old = |path: &Path| {
+            std::fs::metadata(path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= min_age)
+        };
         let mut used = std::collections::HashSet::new();
         for id in keep {
             if let Some(m) = self.manifest(id)? {
@@ -406,7 +418,7 @@ impl BlockStore {
             }
         }
         for id in self.manifests() {
-            if !keep.contains(&id) {
+            if !keep.contains(&id) && old(&self.manifest_path(&id)) {
                 let _ = std::fs::remove_file(self.manifest_path(&id));
             }
         }
@@ -416,7 +428,7 @@ impl BlockStore {
                 let Some(hash) = entry.file_name().to_str().and_then(from_hex) else {
                     continue;
                 };
-                if !used.contains(&hash) {
+                if !used.contains(&hash) && old(&entry.path()) {
                     let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
                     self.remove(&hash);
                     blocks += 1;
@@ -599,7 +611,9 @@ mod tests {
         b.extend(random(300_000, 7));
         let (ida, ma) = import_bytes(&store, &a);
         let (idb, mb) = import_bytes(&store, &b);
-        let (removed, _) = store.collect_garbage(&[idb]).unwrap();
+        let (removed, _) = store
+            .collect_garbage(&[idb], std::time::Duration::ZERO)
+            .unwrap();
         assert!(removed > 0);
         assert!(store.complete(&mb));
         assert!(!store.complete(&ma));

@@ -20,4 +20,5 @@ pub mod sync;
 pub mod wire;
 
 pub use hlc::{Clock, Hlc};
+pub use libp2p::PeerId;
 pub use store::{Change, Listener, Merge, Origin, Store, StoreError, Table};

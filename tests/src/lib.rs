@@ -373,6 +373,61 @@ impl Drop for Peer {
 }
 
 impl Peer {
+    /// A figure from this peer's `/metrics` (0 if absent).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let Ok(res) = self
+            .client
+            .get(format!("{}/metrics", self.http))
+            .send()
+            .await
+        else {
+            return 0.0;
+        };
+        let text = res.text().await.unwrap_or_default();
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                (k == name).then(|| v.trim().parse().ok()).flatten()
+            })
+            .unwrap_or(0.0)
+    }
+
+    /// The bytes this peer serves at `path` of site `name`, if it serves them (200).
+    pub async fn site_bytes(&self, name: &str, path: &str) -> Option<Vec<u8>> {
+        let res = self.site(name, path).await.ok()?;
+        if res.status() != 200 {
+            return None;
+        }
+        Some(res.bytes().await.ok()?.to_vec())
+    }
+
+    /// Waits until this peer shows deployment `id` with a status in `statuses`.
+    pub async fn wait_status(
+        &self,
+        id: &str,
+        statuses: &[&str],
+        within: Duration,
+    ) -> Result<Value> {
+        let found = wait_until(
+            &format!("deployment {id} to reach {statuses:?}"),
+            within,
+            || async {
+                let d = self.deployment(id).await.ok()?;
+                statuses.contains(&d["status"].as_str()?).then_some(d)
+            },
+        )
+        .await;
+        match found {
+            Ok(d) => Ok(d),
+            Err(e) => Err(anyhow::anyhow!(
+                "{e}\nnow: {:?}\n{}",
+                self.deployment(id).await.ok(),
+                self.log_text(id).await.unwrap_or_default()
+            )),
+        }
+    }
+
     /// `GET /api/peers`.
     pub async fn peers(&self) -> Result<Vec<Value>> {
         Ok(self

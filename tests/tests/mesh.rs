@@ -39,7 +39,7 @@ async fn a_deployment_on_any_peer_is_built_once_and_seen_everywhere() {
     let mesh = Mesh::start(5).await.unwrap();
     let repo = Repo::new(&[("index.html", b"<h1>mesh</h1>")]).unwrap();
     let id = mesh.peers[4].deploy(repo.path(), "meshsite").await.unwrap();
-    let d = wait_status(&mesh.peers[4], &id, &["built", "success"], BUILD).await;
+    let d = wait_status(&mesh.peers[4], &id, &["success"], BUILD).await;
     let builder = d["builder"].as_str().unwrap().to_owned();
     let list = mesh.wait_converged(Duration::from_secs(20)).await.unwrap();
     assert_eq!(list.len(), 1);
@@ -52,12 +52,18 @@ async fn a_deployment_on_any_peer_is_built_once_and_seen_everywhere() {
         log.contains(&format!("queued by peer {}", mesh.peers[4].id)),
         "{log}"
     );
-    // The builder serves it.
-    let b = mesh.by_id(&builder).unwrap();
-    assert_eq!(
-        b.site("meshsite", "/").await.unwrap().text().await.unwrap(),
-        "<h1>mesh</h1>"
-    );
+    // Every peer serves it.
+    for peer in &mesh.peers {
+        wait_until(
+            "every peer to serve the site",
+            Duration::from_secs(10),
+            || async {
+                (peer.site_bytes("meshsite", "/").await? == b"<h1>mesh</h1>").then_some(())
+            },
+        )
+        .await
+        .unwrap();
+    }
     // Every peer lists every peer, itself marked, in the API and on the peers page.
     for peer in &mesh.peers {
         let page = peer.page("/peers").await;
@@ -96,13 +102,7 @@ async fn concurrent_deployments_spread_over_several_builders() {
     }
     let mut builders = HashSet::new();
     for id in &ids {
-        let d = wait_status(
-            &mesh.peers[0],
-            id,
-            &["built", "success"],
-            Duration::from_secs(120),
-        )
-        .await;
+        let d = wait_status(&mesh.peers[0], id, &["success"], Duration::from_secs(120)).await;
         builders.insert(d["builder"].as_str().unwrap().to_owned());
         // Two peers may claim at once; the merge keeps one and the other
         // stops, so exactly one build runs to completion.
@@ -151,7 +151,7 @@ async fn a_killed_builder_is_replaced_and_does_not_resume_when_it_returns() {
     .unwrap();
     let took = killed_at.elapsed();
     assert!(took < Duration::from_secs(5), "takeover took {took:?}");
-    let d = wait_status(obs, &id, &["built", "success"], BUILD).await;
+    let d = wait_status(obs, &id, &["success"], BUILD).await;
     assert_eq!(d["builder"], second.as_str());
     let builder = mesh.by_id(&second).unwrap();
     assert_eq!(
@@ -173,7 +173,7 @@ async fn a_killed_builder_is_replaced_and_does_not_resume_when_it_returns() {
         Duration::from_secs(20),
         || async {
             let d = back.deployment(&id).await.ok()?;
-            (d["builder"] == second.as_str() && d["status"] == "built").then_some(())
+            (d["builder"] == second.as_str() && d["status"] == "success").then_some(())
         },
     )
     .await
@@ -193,6 +193,14 @@ async fn a_killed_builder_is_replaced_and_does_not_resume_when_it_returns() {
     );
     // Successors may claim at once (the merge keeps one); one build completes.
     assert_eq!(count(&log, "[pack] packed"), 1, "{log}");
+    // It fetches the site it missed and serves it too.
+    wait_until(
+        "the returning peer to serve the site",
+        Duration::from_secs(20),
+        || async { (back.site_bytes("failover", "/").await? == b"failover\n").then_some(()) },
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -201,12 +209,12 @@ async fn late_and_restarted_peers_catch_up() {
     let a = Repo::new(&[("index.html", b"a")]).unwrap();
     let b = Repo::new(&[("index.html", b"b")]).unwrap();
     let id_a = mesh.peers[0].deploy(a.path(), "site-a").await.unwrap();
-    wait_status(&mesh.peers[0], &id_a, &["built", "success"], BUILD).await;
+    wait_status(&mesh.peers[0], &id_a, &["success"], BUILD).await;
 
     // Peer 2 misses an update while it is down.
     mesh.peers[2].stop(true).unwrap();
     let id_b = mesh.peers[1].deploy(b.path(), "site-b").await.unwrap();
-    wait_status(&mesh.peers[1], &id_b, &["built", "success"], BUILD).await;
+    wait_status(&mesh.peers[1], &id_b, &["success"], BUILD).await;
     mesh.peers[2].restart(true).await.unwrap();
 
     // And a new peer joins after all of it.
@@ -215,6 +223,24 @@ async fn late_and_restarted_peers_catch_up() {
     let list = mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
     let ids: Vec<_> = list.iter().map(|d| d["id"].as_str().unwrap()).collect();
     assert_eq!(ids, vec![id_b.as_str(), id_a.as_str()]);
+    // Every peer, the restarted and the new one too, serves both sites.
+    for peer in &mesh.peers {
+        for (site, want) in [("site-a", b"a"), ("site-b", b"b")] {
+            wait_until(
+                "every peer to serve every site",
+                Duration::from_secs(20),
+                || async { (peer.site_bytes(site, "/").await? == want).then_some(()) },
+            )
+            .await
+            .unwrap();
+        }
+    }
+    for d in &list {
+        assert_eq!(
+            d["status"], "success",
+            "a joining peer keeps success true: {d}"
+        );
+    }
 }
 
 fn psk_file(dir: &std::path::Path, name: &str, hex: &str) -> String {
@@ -281,7 +307,7 @@ async fn the_same_deployment_submitted_on_two_peers_at_once_is_built_once() {
     ];
     let mut ended = Vec::new();
     for id in &ids {
-        ended.push(wait_status(&mesh.peers[1], id, &["built", "success", "canceled"], BUILD).await);
+        ended.push(wait_status(&mesh.peers[1], id, &["success", "canceled"], BUILD).await);
     }
     let statuses: HashSet<_> = ended
         .iter()
@@ -290,7 +316,7 @@ async fn the_same_deployment_submitted_on_two_peers_at_once_is_built_once() {
     if ids[0] != ids[1] {
         assert_eq!(
             statuses,
-            HashSet::from(["built".to_owned(), "canceled".to_owned()]),
+            HashSet::from(["success".to_owned(), "canceled".to_owned()]),
             "{ended:?}"
         );
         let canceled = ended.iter().find(|d| d["status"] == "canceled").unwrap();

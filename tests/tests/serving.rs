@@ -50,7 +50,12 @@ async fn plain_html_site_goes_live_and_is_served_byte_for_byte() {
     // Every step left a line.
     let log = peer.log_text(&id).await.unwrap();
     for step in [
-        "[queue]", "[clone]", "[detect]", "[pack]", "[unpack]", "[live]",
+        "[queue]",
+        "[clone]",
+        "[detect]",
+        "[pack]",
+        "[distribute]",
+        "[live]",
     ] {
         assert!(log.contains(step), "no {step} line in\n{log}");
     }

@@ -14,7 +14,7 @@ mod ui;
 
 pub use error::ApiError;
 pub use metrics::HttpMetrics;
-pub use model::{DeploymentView, Event, LogLine, NewDeployment, PeerInfo, Status};
+pub use model::{DeploymentView, Event, LogLine, NewDeployment, PeerInfo, ReplicaView, Status};
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -70,6 +70,26 @@ pub struct DeploymentView {
     /// RFC 3339 UTC.
     pub updated_at: String,
     pub error: Option<String>,
+    /// What each peer holds of the artifact (only on `GET /api/deployments/{id}`).
+    #[serde(default)]
+    pub replicas: Vec<ReplicaView>,
+}
+
+/// One peer's copy of a deployment's artifact.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaView {
+    pub peer: String,
+    /// The peer's name, if known.
+    pub name: Option<String>,
+    /// `fetching`, `complete`, `failed` or `evicted`.
+    pub state: String,
+    /// Bytes of the artifact held so far.
+    pub bytes: u64,
+    /// Size of the whole artifact (0 until known).
+    pub total: u64,
+    /// RFC 3339 UTC.
+    pub updated_at: String,
+    pub error: Option<String>,
 }
 
 /// One log line of a deployment.

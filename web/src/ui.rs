@@ -126,8 +126,39 @@ async fn deployment_page<B: Backend>(
         .as_deref()
         .map(|e| format!("<p class=error>{}</p>", esc(e)))
         .unwrap_or_default();
+    let mut replicas = String::new();
+    for r in &d.replicas {
+        let pct = match (r.bytes.min(r.total) * 100).checked_div(r.total) {
+            Some(p) => p,
+            None if r.state == "complete" => 100,
+            None => 0,
+        };
+        let _ = write!(
+            replicas,
+            "<tr data-peer='{peer}'><td>{name}</td><td class=mono>{short}</td>\
+             <td><span class='badge {state}'>{state}</span></td>\
+             <td><progress max=100 value={pct} aria-label='{pct}% held'></progress> {pct}%</td>\
+             <td>{bytes}</td><td>{updated}</td><td>{error}</td></tr>",
+            peer = esc(&r.peer),
+            name = esc(r.name.as_deref().unwrap_or("")),
+            short = esc(&r.peer[r.peer.len().saturating_sub(12)..]),
+            state = esc(&r.state),
+            bytes = r.bytes,
+            updated = esc(&r.updated_at),
+            error = esc(r.error.as_deref().unwrap_or("")),
+        );
+    }
+    let replicas = if replicas.is_empty() {
+        "<p>No peer holds it yet.</p>".to_owned()
+    } else {
+        format!(
+            "<table id=replicas><thead><tr><th>Peer</th><th>Id</th><th>State</th><th>Held</th>\
+             <th>Bytes</th><th>Updated</th><th>Error</th></tr></thead><tbody>{replicas}</tbody></table>"
+        )
+    };
     let body = format!(
         "<h1>{name} {badge}</h1>{error}<p><a href='{url}'>{url}</a></p><dl>{dl}</dl>\
+         <h2>Replicas</h2>{replicas}\
          <h2>Log</h2><pre id=log data-deployment='{id}'></pre>",
         name = esc(&d.name),
         badge = badge(&d),

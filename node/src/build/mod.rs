@@ -131,8 +131,8 @@ pub struct Job<'a> {
     pub live_url: &'a str,
     /// Scratch space, removed afterwards by the caller.
     pub workdir: &'a Path,
-    /// Where finished artifacts go (`<sha256>.zip`).
-    pub artifacts: &'a Path,
+    /// Where finished artifacts go, as blocks and a manifest.
+    pub blocks: &'a std::sync::Arc<p2p::blocks::BlockStore>,
 }
 
 struct Checkout<'a>(&'a Path);
@@ -316,15 +316,22 @@ pub async fn run(
             &format!("left out {skipped}: not a regular file"),
         );
     }
-    tokio::fs::create_dir_all(job.artifacts).await?;
-    let final_zip = job.artifacts.join(format!("{}.zip", packed.sha256));
-    tokio::fs::rename(&tmp_zip, &final_zip).await?;
+    let (store, zip) = (job.blocks.clone(), tmp_zip.clone());
+    let imported = tokio::task::spawn_blocking(move || store.import(&zip))
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let _ = tokio::fs::remove_file(&tmp_zip).await;
+    let (id, manifest) = imported.map_err(|e| std::io::Error::other(e.to_string()))?;
+    let artifact = p2p::blocks::to_hex(&id);
     plog.info(&format!(
-        "packed {} files, {} bytes into a {}-byte zip, artifact {}",
-        packed.files, packed.bytes, packed.zip_bytes, packed.sha256
+        "packed {} files, {} bytes into a {}-byte zip of {} blocks, artifact {artifact}",
+        packed.files,
+        packed.bytes,
+        packed.zip_bytes,
+        manifest.len()
     ));
     Ok(Built {
         commit: cloned.commit,
-        artifact: packed.sha256,
+        artifact,
     })
 }
