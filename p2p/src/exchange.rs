@@ -202,6 +202,16 @@ impl Held {
         self.changed.send_modify(|n| *n += 1);
     }
 
+    /// Marks the blocks that reached the store by another way (a local
+    /// build imported them) as held.
+    fn refresh(&self, store: &BlockStore) {
+        for i in 0..self.manifest.len() {
+            if !self.has(i) && store.has(&self.manifest.hash(i)) {
+                self.mark(i, true);
+            }
+        }
+    }
+
     /// Blocks held.
     pub fn count(&self) -> usize {
         self.count.load(Ordering::Relaxed)
@@ -495,6 +505,10 @@ impl Exchange {
             None => self.fetch_manifest(&id, &candidates, &client).await?,
         };
         let manifest = held.manifest.clone();
+        if !held.complete() {
+            let (h, store) = (held.clone(), self.store.clone());
+            let _ = tokio::task::spawn_blocking(move || h.refresh(&store)).await;
+        }
         for _attempt in 0..3 {
             if !held.complete() {
                 let mut driver = Driver::new(self.clone(), id, held.clone(), candidates.clone());

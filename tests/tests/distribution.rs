@@ -1,0 +1,346 @@
+//! Artifact distribution across real peers: every peer ends up serving the
+//! same bytes, fetched block by block from every peer that has them.
+
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+use serde_json::Value;
+use std::time::Duration;
+use tests::{random_bytes, wait_until, Mesh, Peer, Repo, BUILD};
+
+/// A site with many small pages and one large random file.
+fn big_site(big: usize, seed: u64) -> Repo {
+    let blob = random_bytes(big, seed);
+    let pages: Vec<(String, Vec<u8>)> = (0..120)
+        .map(|i| {
+            (
+                format!("pages/p{i:03}.html"),
+                format!("<h1>page {i}</h1>{}", "<p>text</p>".repeat(50 + i)).into_bytes(),
+            )
+        })
+        .collect();
+    let mut files: Vec<(&str, &[u8])> = vec![
+        ("index.html", b"<h1>big site</h1>"),
+        ("assets/big.bin", &blob),
+    ];
+    files.extend(pages.iter().map(|(p, d)| (p.as_str(), d.as_slice())));
+    Repo::new(&files).unwrap()
+}
+
+/// Waits until every running peer serves `want` at `path` of `site`.
+async fn wait_served(mesh: &Mesh, site: &str, path: &str, want: &[u8], within: Duration) {
+    for peer in mesh.peers.iter().filter(|p| p.is_running()) {
+        wait_until(
+            &format!("peer {} to serve {site}{path}", peer.id),
+            within,
+            || async { (peer.site_bytes(site, path).await? == want).then_some(()) },
+        )
+        .await
+        .unwrap();
+    }
+}
+
+fn replicas(d: &Value) -> Vec<(String, String)> {
+    d["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["peer"].as_str().unwrap().to_owned(),
+                r["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn position(log: &str, needle: &str) -> usize {
+    log.find(needle)
+        .unwrap_or_else(|| panic!("no '{needle}' in\n{log}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn five_peers_serve_identical_bytes_through_distributed_to_success() {
+    let mesh = Mesh::start(5).await.unwrap();
+    let repo = big_site(50 << 20, 21);
+    let blob = std::fs::read(repo.path().join("assets/big.bin")).unwrap();
+    let id = mesh.peers[1].deploy(repo.path(), "big").await.unwrap();
+    let d = mesh.peers[1]
+        .wait_status(&id, &["success"], Duration::from_secs(120))
+        .await
+        .unwrap();
+    let builder = d["builder"].as_str().unwrap().to_owned();
+    let page = b"<h1>page 7</h1>".to_vec();
+    wait_served(
+        &mesh,
+        "big",
+        "/assets/big.bin",
+        &blob,
+        Duration::from_secs(10),
+    )
+    .await;
+    for peer in &mesh.peers {
+        let got = peer.site_bytes("big", "/pages/p007.html").await.unwrap();
+        assert!(got.starts_with(&page));
+    }
+    // The status went through distributed to success, and the API shows
+    // every peer's complete copy.
+    let log = mesh.peers[1].log_text(&id).await.unwrap();
+    assert!(position(&log, "distributed:") < position(&log, "every live peer holds it"));
+    let d = mesh.peers[3].deployment(&id).await.unwrap();
+    let reps = replicas(&d);
+    assert_eq!(reps.len(), 5, "{d}");
+    assert!(reps.iter().all(|(_, s)| s == "complete"), "{d}");
+    // The artifact travelled between peers, not only from the builder:
+    // the builder uploaded less than every other peer downloaded.
+    let mut fetched = 0.0;
+    let mut served_by_others = 0.0;
+    for peer in &mesh.peers {
+        if peer.id == builder {
+            continue;
+        }
+        fetched += peer.metric("shoal_blocks_fetched_bytes_total").await;
+        served_by_others += peer.metric("shoal_blocks_served_bytes_total").await;
+    }
+    let size = blob.len() as f64;
+    assert!(
+        fetched >= 4.0 * size,
+        "each of 4 peers fetched the artifact: {fetched}"
+    );
+    assert!(
+        fetched <= 4.0 * size * 1.1,
+        "few duplicates: {fetched} for 4 × {size}"
+    );
+    assert!(
+        served_by_others > 0.0,
+        "peers other than the builder served blocks"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rest_complete_among_themselves_when_the_builder_dies_after_one_copy() {
+    // Uploads capped at 4 MiB/s per peer, so distribution takes seconds.
+    let mut mesh = Mesh::start_with(5, &["--upload-limit-kib", "4096"])
+        .await
+        .unwrap();
+    let repo = big_site(30 << 20, 22);
+    let blob = std::fs::read(repo.path().join("assets/big.bin")).unwrap();
+    let id = mesh.peers[0].deploy(repo.path(), "survivor").await.unwrap();
+    let watcher = &mesh.peers[0];
+    let d = watcher
+        .wait_status(&id, &["distributed", "success"], Duration::from_secs(120))
+        .await
+        .unwrap();
+    let builder = d["builder"].as_str().unwrap().to_owned();
+    let victim = mesh.peers.iter().position(|p| p.id == builder).unwrap();
+    mesh.peers[victim].stop(false).unwrap();
+    let incomplete = replicas(&d)
+        .iter()
+        .filter(|(p, s)| *p != builder && s != "complete")
+        .count();
+    let observer = &mesh.peers[(victim + 1) % 5];
+    let end = observer
+        .wait_status(
+            &id,
+            &["success", "distributionFailed"],
+            Duration::from_secs(120),
+        )
+        .await
+        .unwrap();
+    assert_eq!(end["status"], "success", "{end}");
+    assert_eq!(end["builder"], builder.as_str(), "no rebuild was needed");
+    assert_eq!(end["epoch"], d["epoch"]);
+    wait_served(
+        &mesh,
+        "survivor",
+        "/assets/big.bin",
+        &blob,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        incomplete >= 1,
+        "at least one peer still fetched when the builder died: {d}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_builder_that_dies_before_anyone_has_a_copy_is_replaced_by_a_rebuild() {
+    // Uploads capped at 1 MiB/s: nobody can hold a copy soon after `built`.
+    let mut mesh = Mesh::start_with(4, &["--upload-limit-kib", "1024"])
+        .await
+        .unwrap();
+    let repo = big_site(6 << 20, 23);
+    let blob = std::fs::read(repo.path().join("assets/big.bin")).unwrap();
+    let id = mesh.peers[0].deploy(repo.path(), "phoenix").await.unwrap();
+    let watcher = &mesh.peers[0];
+    let built = wait_until("the deployment to be built", BUILD, || async {
+        let d = watcher.deployment(&id).await.ok()?;
+        (d["status"] != "queued" && d["status"] != "building").then_some(d)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        built["status"], "built",
+        "too late to kill the builder: {built}"
+    );
+    let first = built["builder"].as_str().unwrap().to_owned();
+    let victim = mesh.peers.iter().position(|p| p.id == first).unwrap();
+    mesh.peers[victim].stop(false).unwrap();
+    let observer = &mesh.peers[(victim + 1) % 4];
+    let end = observer
+        .wait_status(
+            &id,
+            &["success", "distributionFailed"],
+            Duration::from_secs(120),
+        )
+        .await
+        .unwrap();
+    assert_eq!(end["status"], "success", "{end}");
+    assert_ne!(
+        end["builder"],
+        first.as_str(),
+        "another peer rebuilt it: {end}"
+    );
+    assert!(end["epoch"].as_u64().unwrap() > built["epoch"].as_u64().unwrap());
+    assert_eq!(
+        end["artifact"], built["artifact"],
+        "the same commit packs to the same artifact"
+    );
+    let log = observer.log_text(&id).await.unwrap();
+    assert!(
+        log.contains("is gone and no live peer holds a whole copy"),
+        "{log}"
+    );
+    wait_served(
+        &mesh,
+        "phoenix",
+        "/assets/big.bin",
+        &blob,
+        Duration::from_secs(10),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupt_copy_is_detected_and_fetched_from_another_peer() {
+    let mut mesh = Mesh::start(3).await.unwrap();
+    let repo = big_site(20 << 20, 24);
+    let blob = std::fs::read(repo.path().join("assets/big.bin")).unwrap();
+    let (id, d) = mesh.peers[0]
+        .deploy_and_wait(repo.path(), "rotten")
+        .await
+        .unwrap();
+    assert_eq!(d["status"], "success", "{d}");
+    // One peer's blocks rot on disk (every one of them).
+    let builder = d["builder"].as_str().unwrap();
+    let bad = mesh.peers.iter().find(|p| p.id != builder).unwrap();
+    let mut rotted = 0;
+    for dir in std::fs::read_dir(bad.data.path().join("data/blocks/blocks")).unwrap() {
+        for block in std::fs::read_dir(dir.unwrap().path()).unwrap() {
+            std::fs::write(block.unwrap().path(), b"rotten").unwrap();
+            rotted += 1;
+        }
+    }
+    assert!(rotted > 50, "{rotted} blocks");
+    // A new peer fetches from all three; the rotten blocks are refused.
+    let joiner = mesh.add_peer().await.unwrap();
+    wait_until(
+        "the new peer to serve the site",
+        Duration::from_secs(60),
+        || async { (joiner.site_bytes("rotten", "/assets/big.bin").await? == blob).then_some(()) },
+    )
+    .await
+    .unwrap();
+    let corrupt = joiner.metric("shoal_blocks_corrupt_total").await;
+    assert!(corrupt >= 1.0, "the rotten peer was asked and caught");
+    assert!(joiner.log().contains("corrupt block"), "{}", joiner.log());
+    let d = joiner.deployment(&id).await.unwrap();
+    assert_eq!(d["status"], "success");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redeploy_after_a_one_page_change_moves_only_a_few_percent() {
+    let mesh = Mesh::start(3).await.unwrap();
+    let repo = big_site(20 << 20, 25);
+    let blob = std::fs::read(repo.path().join("assets/big.bin")).unwrap();
+    let (_, first) = mesh.peers[0]
+        .deploy_and_wait(repo.path(), "delta")
+        .await
+        .unwrap();
+    assert_eq!(first["status"], "success", "{first}");
+    wait_served(
+        &mesh,
+        "delta",
+        "/assets/big.bin",
+        &blob,
+        Duration::from_secs(10),
+    )
+    .await;
+    let mut before = Vec::new();
+    for peer in &mesh.peers {
+        before.push(peer.metric("shoal_blocks_fetched_bytes_total").await);
+    }
+    repo.commit(
+        &[("pages/p050.html", b"<h1>page 50, edited</h1>")],
+        "edit one page",
+    )
+    .unwrap();
+    let (id, second) = mesh.peers[1]
+        .deploy_and_wait(repo.path(), "delta")
+        .await
+        .unwrap();
+    assert_eq!(second["status"], "success", "{second}");
+    assert_ne!(first["artifact"], second["artifact"]);
+    wait_served(
+        &mesh,
+        "delta",
+        "/pages/p050.html",
+        b"<h1>page 50, edited</h1>",
+        Duration::from_secs(10),
+    )
+    .await;
+    let size = mesh.peers[0].deployment(&id).await.unwrap()["replicas"][0]["total"]
+        .as_f64()
+        .unwrap();
+    for (peer, was) in mesh.peers.iter().zip(before) {
+        let moved = peer.metric("shoal_blocks_fetched_bytes_total").await - was;
+        assert!(
+            moved <= size * 0.03,
+            "peer {} fetched {moved} bytes of a {size}-byte artifact",
+            peer.id
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_peer_serves_every_site_soon_after_joining() {
+    let mut mesh = Mesh::start(2).await.unwrap();
+    let mut repos = Vec::new();
+    for (i, name) in ["one", "two", "three"].iter().enumerate() {
+        let repo = Repo::new(&[
+            ("index.html", format!("<h1>{name}</h1>").as_bytes()),
+            ("data.bin", &random_bytes(2 << 20, 30 + i as u64)),
+        ])
+        .unwrap();
+        let (_, d) = mesh.peers[i % 2]
+            .deploy_and_wait(repo.path(), name)
+            .await
+            .unwrap();
+        assert_eq!(d["status"], "success", "{d}");
+        repos.push(repo);
+    }
+    let joiner: &Peer = mesh.add_peer().await.unwrap();
+    for (name, repo) in ["one", "two", "three"].iter().zip(&repos) {
+        let want = std::fs::read(repo.path().join("data.bin")).unwrap();
+        wait_until(
+            &format!("the new peer to serve {name}"),
+            Duration::from_secs(20),
+            || async { (joiner.site_bytes(name, "/data.bin").await? == want).then_some(()) },
+        )
+        .await
+        .unwrap();
+    }
+    for d in joiner.deployments().await.unwrap() {
+        assert_eq!(d["status"], "success", "{d}");
+    }
+}
