@@ -97,6 +97,7 @@ impl DeploymentRecord {
             live_url: self.live_url.clone(),
             created_at: rfc3339(self.created_at_ms),
             updated_at: rfc3339(self.stamp.wall_ms),
+            built_at: (self.built_at_ms > 0).then(|| rfc3339(self.built_at_ms)),
             error: self.error.clone(),
             replicas: Vec::new(),
         }

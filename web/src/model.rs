@@ -69,6 +69,9 @@ pub struct DeploymentView {
     pub created_at: String,
     /// RFC 3339 UTC.
     pub updated_at: String,
+    /// RFC 3339 UTC: when the build finished (distribution starts here).
+    #[serde(default)]
+    pub built_at: Option<String>,
     pub error: Option<String>,
     /// What each peer holds of the artifact (only on `GET /api/deployments/{id}`).
     #[serde(default)]
