@@ -111,6 +111,10 @@ pub struct NodeConfig {
     /// for rollback); older ones are garbage-collected.
     #[arg(long, env = "SHOAL_KEEP_DEPLOYMENTS", default_value_t = 5)]
     pub keep_deployments: usize,
+    /// How often unpacked versions, manifests and blocks that no kept
+    /// deployment needs are removed.
+    #[arg(long, env = "SHOAL_GC_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub gc_interval: Duration,
     /// Upload rate limit for artifact blocks, in KiB/s (0: none).
     #[arg(long, env = "SHOAL_UPLOAD_LIMIT_KIB", default_value_t = 0)]
     pub upload_limit_kib: u64,

@@ -34,19 +34,16 @@ const MAX_FETCHES: usize = 2;
 const TICK: Duration = Duration::from_secs(1);
 /// How often a fetch in progress reports its bytes.
 const REPORT: Duration = Duration::from_secs(1);
-/// How often garbage is collected.
-const GC_EVERY: Duration = Duration::from_secs(60);
 /// How long a peer waits before trying again an artifact it failed to take.
 const RETRY_FAILED_MS: u64 = 30_000;
-/// Blocks and manifests younger than this are never collected (an import
-/// or a fetch may not be recorded anywhere yet).
-const GC_MIN_AGE: Duration = Duration::from_secs(600);
 
 pub struct DistributeSettings {
     /// How long a built deployment may take to reach every live peer.
     pub timeout: Duration,
     /// Successful deployments kept per site (for rollback).
     pub keep: usize,
+    /// How often garbage is collected.
+    pub gc_interval: Duration,
 }
 
 pub struct Distributor {
@@ -102,7 +99,7 @@ impl Distributor {
             if let Err(err) = self.reconcile() {
                 warn!(error = %err, "distribution: could not read the state");
             }
-            if self.last_gc.elapsed() >= GC_EVERY {
+            if self.last_gc.elapsed() >= self.settings.gc_interval {
                 self.last_gc = Instant::now();
                 self.collect_garbage().await;
             }
@@ -439,10 +436,15 @@ impl Distributor {
             }
         }
         let before: HashSet<Hash> = self.ex.store.manifests().into_iter().collect();
+        let known: Vec<Hash> = rows
+            .iter()
+            .filter_map(|r| r.artifact.as_deref().and_then(blocks::from_hex))
+            .collect();
         let store = self.ex.store.clone();
-        let kept = artifacts.clone();
-        let removed =
-            tokio::task::spawn_blocking(move || store.collect_garbage(&kept, GC_MIN_AGE)).await;
+        let removed = tokio::task::spawn_blocking(move || {
+            store.collect_garbage(&artifacts, &known, blocks::MANIFEST_MIN_AGE)
+        })
+        .await;
         if let Ok(Ok((blocks, bytes))) = removed {
             let after: HashSet<Hash> = self.ex.store.manifests().into_iter().collect();
             for gone in before.difference(&after) {

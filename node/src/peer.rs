@@ -230,6 +230,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             crate::distribute::DistributeSettings {
                 timeout: cfg.distribution_timeout,
                 keep: cfg.keep_deployments.max(1),
+                gc_interval: cfg.gc_interval.max(std::time::Duration::from_secs(1)),
             },
             synced.clone(),
         )

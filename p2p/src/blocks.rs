@@ -158,7 +158,15 @@ pub struct BlockStore {
     root: PathBuf,
     count: AtomicU64,
     bytes: AtomicU64,
+    /// Imports hold it shared: their blocks belong to no manifest yet, so
+    /// block collection (which holds it exclusively) waits for none and
+    /// skips its turn while any runs.
+    imports: std::sync::RwLock<()>,
 }
+
+/// Manifests no deployment names yet are not collected before this age:
+/// the deployment that names one may not be recorded yet.
+pub const MANIFEST_MIN_AGE: std::time::Duration = std::time::Duration::from_secs(120);
 
 impl BlockStore {
     /// Opens (creating) the store at `root` and counts what it holds.
@@ -183,6 +191,7 @@ impl BlockStore {
             root: root.to_path_buf(),
             count: AtomicU64::new(count),
             bytes: AtomicU64::new(bytes),
+            imports: std::sync::RwLock::new(()),
         })
     }
 
@@ -335,6 +344,7 @@ impl BlockStore {
     /// Cuts the file at `path` into blocks and stores them with their
     /// manifest, streaming. Returns the manifest and its id.
     pub fn import(&self, path: &Path) -> Result<(Hash, Manifest), BlockError> {
+        let _importing = self.imports.read().unwrap_or_else(|p| p.into_inner());
         let chunks = fastcdc::v2020::StreamCDC::new(
             io::BufReader::with_capacity(1 << 20, File::open(path)?),
             MIN_CHUNK,
@@ -394,32 +404,41 @@ impl BlockStore {
         Ok(())
     }
 
-    /// Deletes every manifest not in `keep` and every block no kept
-    /// manifest uses, except files younger than `min_age` (an artifact
-    /// being imported or fetched right now). Returns (blocks, bytes) removed.
+    /// Deletes every manifest not in `keep` (except, among those not in
+    /// `known` either, manifests younger than `unknown_min_age`: whatever
+    /// names one may not be recorded yet) and every block no remaining
+    /// manifest uses. No block is deleted while an import runs. Returns
+    /// (blocks, bytes) removed.
     pub fn collect_garbage(
         &self,
         keep: &[Hash],
-        min_age: std::time::Duration,
+        known: &[Hash],
+        unknown_min_age: std::time::Duration,
     ) -> Result<(u64, u64), BlockError> {
-        let old = |path: &Path| {
+        let young = |path: &Path| {
             std::fs::metadata(path)
                 .and_then(|m| m.modified())
                 .ok()
                 .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age >= min_age)
+                .is_none_or(|age| age < unknown_min_age)
+        };
+        let mut kept = Vec::new();
+        for id in self.manifests() {
+            if keep.contains(&id) || !known.contains(&id) && young(&self.manifest_path(&id)) {
+                kept.push(id);
+            } else {
+                let _ = std::fs::remove_file(self.manifest_path(&id));
+            }
+        }
+        let Ok(_no_imports) = self.imports.try_write() else {
+            return Ok((0, 0));
         };
         let mut used = std::collections::HashSet::new();
-        for id in keep {
-            if let Some(m) = self.manifest(id)? {
+        for id in &kept {
+            if let Ok(Some(m)) = self.manifest(id) {
                 for i in 0..m.len() {
                     used.insert(m.hash(i));
                 }
-            }
-        }
-        for id in self.manifests() {
-            if !keep.contains(&id) && old(&self.manifest_path(&id)) {
-                let _ = std::fs::remove_file(self.manifest_path(&id));
             }
         }
         let (mut blocks, mut bytes) = (0u64, 0u64);
@@ -428,7 +447,7 @@ impl BlockStore {
                 let Some(hash) = entry.file_name().to_str().and_then(from_hex) else {
                     continue;
                 };
-                if !used.contains(&hash) && old(&entry.path()) {
+                if !used.contains(&hash) {
                     let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
                     self.remove(&hash);
                     blocks += 1;
@@ -612,7 +631,7 @@ mod tests {
         let (ida, ma) = import_bytes(&store, &a);
         let (idb, mb) = import_bytes(&store, &b);
         let (removed, _) = store
-            .collect_garbage(&[idb], std::time::Duration::ZERO)
+            .collect_garbage(&[idb], &[], std::time::Duration::ZERO)
             .unwrap();
         assert!(removed > 0);
         assert!(store.complete(&mb));

@@ -361,3 +361,61 @@ async fn a_new_peer_serves_every_site_soon_after_joining() {
         assert_eq!(d["status"], "success", "{d}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn old_versions_beyond_the_kept_ones_are_collected_everywhere() {
+    let flags = ["--keep-deployments", "2", "--gc-interval", "1s"];
+    let mesh = Mesh::start_with(2, &flags).await.unwrap();
+    let repo = Repo::new(&[
+        ("index.html", b"v0"),
+        ("data.bin", &random_bytes(1 << 20, 40)),
+    ])
+    .unwrap();
+    let mut ids = Vec::new();
+    for v in 0..4u64 {
+        if v > 0 {
+            let data = random_bytes(1 << 20, 40 + v);
+            repo.commit(
+                &[
+                    ("index.html", format!("v{v}").as_bytes()),
+                    ("data.bin", &data),
+                ],
+                "next",
+            )
+            .unwrap();
+        }
+        let (id, d) = mesh.peers[0]
+            .deploy_and_wait(repo.path(), "gc")
+            .await
+            .unwrap();
+        assert_eq!(d["status"], "success", "{d}");
+        ids.push(id);
+    }
+    wait_served(&mesh, "gc", "/", b"v3", Duration::from_secs(10)).await;
+    // Each peer keeps the last two versions and drops the two before, with
+    // their blocks: about 2 MiB of blocks are left of 4.
+    for peer in &mesh.peers {
+        let versions = peer.data.path().join("data/sites/gc/versions");
+        wait_until(
+            "old versions to be collected",
+            Duration::from_secs(20),
+            || async {
+                let mut left: Vec<String> = std::fs::read_dir(&versions)
+                    .ok()?
+                    .map(|e| e.unwrap().file_name().into_string().unwrap())
+                    .collect();
+                left.sort();
+                let bytes = peer.metric("shoal_block_store_bytes").await;
+                (left == ids[2..] && bytes < 3.0 * 1048576.0).then_some(())
+            },
+        )
+        .await
+        .unwrap();
+        let d = peer.deployment(&ids[0]).await.unwrap();
+        assert!(
+            replicas(&d).iter().all(|(_, s)| s == "evicted"),
+            "the oldest copy is reported gone: {d}"
+        );
+    }
+    wait_served(&mesh, "gc", "/", b"v3", Duration::from_secs(1)).await;
+}

@@ -1,0 +1,192 @@
+#!/usr/bin/env bash
+# Artifact distribution benchmark. N hosts in network namespaces (the
+# netbench testbed in scripts/bench/netbench: one bridge, every host shaped
+# to RATE up and RATE down, DELAY one-way), one `shoal` peer per host. One
+# deployment of a site holding a SIZE_MB random file; timed from `built` to
+# `success`, with the p50 and last peer's completion, the bytes on the wire,
+# the builder's upload and each peer's peak RSS. In the same testbed and the
+# same run: the bound S/B, nginx central fan-out and aria2c BitTorrent.
+#
+#   sudo scripts/bench/distribution.sh [N=8] [SIZE_MB=200] [RATE=100mbit] [DELAY=10ms]
+#
+# Env: SKIP_BASELINES=1 runs shoal only; SMALL_MB (20) is the size of a
+# first, small run whose peak RSS is compared with the big one's.
+# Needs root (namespaces, tc, iptables); installs its packages with apt.
+# Cleans up its namespaces, processes and files on any exit.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+N=${1:-8}
+SIZE=${2:-200}
+RATE=${3:-100mbit}
+DELAY=${4:-10ms}
+SMALL=${SMALL_MB:-20}
+export NB_PREFIX=${NB_PREFIX:-shb}
+export NB_NET=${NB_NET:-10.78.0}
+NB=$ROOT/scripts/bench/netbench/netbench.sh
+W=/dev/shm/shoal-distribution-bench
+PIDS=()
+
+[ "$(id -u)" = 0 ] || { echo "run as root (network namespaces)" >&2; exit 1; }
+for c in iperf3 nginx aria2c mktorrent iptables; do
+  command -v "$c" >/dev/null || { "$NB" deps >/dev/null; break; }
+done
+cargo build --release --quiet -p node --bin shoal
+SHOAL=$ROOT/target/release/shoal
+
+ns() { echo "$NB_PREFIX-h$1"; }
+hip() { echo "$NB_NET.$(($1 + 1))"; }
+inns() { local n=$1; shift; ip netns exec "$n" "$@"; }
+api() { inns "$(ns 0)" curl -sf --max-time 5 -H "authorization: Bearer bench" "$@"; }
+
+stop_peers() {
+  local p
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  PIDS=()
+}
+cleanup() {
+  stop_peers
+  "$NB" teardown >/dev/null 2>&1 || true
+  rm -rf "$W"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
+
+echo "# shoal distribution benchmark: N=$N size=${SIZE}MiB rate=$RATE delay=$DELAY ($(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores)"
+"$NB" setup "$N" "$RATE" "$DELAY"
+STATE=/dev/shm/netbench-$NB_PREFIX
+BOUND=$("$NB" bound "$N" "$SIZE" "$RATE" | awk '/^bound/{print $4}')
+CENTRAL=- BT=-
+if [ "${SKIP_BASELINES:-0}" != 1 ]; then
+  CENTRAL=$("$NB" central "$N" "$SIZE" | tee /dev/stderr | awk '/^central/{for(i=1;i<=NF;i++) if($i=="after") print $(i+1)}')
+  BT=$("$NB" bittorrent "$N" "$SIZE" | tee /dev/stderr | awk '/^bittorrent/{for(i=1;i<=NF;i++) if($i=="after") print $(i+1)}')
+fi
+
+# A git repository holding the site: an index page and the random file.
+make_repo() { # SIZE_MB -> repo dir
+  local size=$1 repo=$W/repo-$1
+  rm -rf "$repo"; mkdir -p "$repo"
+  head -c "$((size * 1048576))" /dev/urandom >"$repo/big.bin"
+  echo "<h1>bench $size MiB</h1>" >"$repo/index.html"
+  git -C "$repo" init -q
+  git -C "$repo" add .
+  git -C "$repo" -c user.name=bench -c user.email=bench@localhost commit -qm site
+  echo "$repo"
+}
+
+tx_total() { # bytes sent by every host's eth0 so far, and by each
+  local k t sum=0 each=""
+  for ((k = 0; k < N; k++)); do
+    t=$(inns "$(ns "$k")" cat /sys/class/net/eth0/statistics/tx_bytes)
+    sum=$((sum + t)); each="$each $t"
+  done
+  echo "$sum$each"
+}
+
+metric() { # host name -> value
+  inns "$(ns "$1")" curl -sf --max-time 5 "http://$(hip "$1"):8080/metrics" | awk -v n="$2" '$1==n{print $2}'
+}
+
+run_shoal() { # SIZE_MB -> prints key=value lines
+  local size=$1 repo k id d status t0
+  repo=$(make_repo "$size")
+  for ((k = 0; k < N; k++)); do
+    local boot=()
+    [ "$k" -gt 0 ] && boot=(--bootstrap "/ip4/$(hip 0)/tcp/9000")
+    mkdir -p "$W/d$k"
+    ip netns exec "$(ns "$k")" env SHOAL_ADMIN_TOKEN=bench SHOAL_LOG=info "$SHOAL" node \
+      --data "$W/d$k" --name "h$k" --listen "$(hip "$k")" --http-port 8080 --sites-port 8000 \
+      --p2p-port 9000 "${boot[@]}" --allow-local-repos --unsafe-no-sandbox \
+      --max-site-mb 8192 --max-repo-mb 8192 --distribution-timeout 30m >"$W/h$k.log" 2>&1 &
+    PIDS+=($!)
+  done
+  t0=$(date +%s)
+  until [ "$(api "http://$(hip 0):8080/api/peers" | python3 -c 'import json,sys; print(sum(p["alive"] for p in json.load(sys.stdin)))' 2>/dev/null)" = "$N" ]; do
+    [ $(($(date +%s) - t0)) -lt 60 ] || { echo "peers did not form a mesh; see $W/h0.log" >&2; tail -5 "$W/h0.log" >&2; exit 1; }
+    sleep 0.5
+  done
+  local before; before=$(tx_total)
+  id=$(api -X POST -H 'content-type: application/json' \
+    -d "{\"repo_url\":\"$repo\",\"name\":\"bench\"}" "http://$(hip 0):8080/api/deployments" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+  t0=$(date +%s)
+  while :; do
+    d=$(api "http://$(hip 0):8080/api/deployments/$id" || true)
+    status=$(echo "$d" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])' 2>/dev/null || echo "?")
+    case "$status" in success | buildFailed | distributionFailed | canceled) break ;; esac
+    [ $(($(date +%s) - t0)) -lt 1800 ] || { echo "timed out in $status" >&2; exit 1; }
+    sleep 0.2
+  done
+  local after; after=$(tx_total)
+  [ "$status" = success ] || { echo "deployment ended $status: $d" >&2; exit 1; }
+  # Every peer serves the same bytes.
+  local want; want=$(sha256sum "$repo/big.bin" | cut -d' ' -f1)
+  for ((k = 0; k < N; k++)); do
+    local got; got=$(inns "$(ns "$k")" curl -sf -H 'host: bench.localhost' "http://$(hip "$k"):8000/big.bin" | sha256sum | cut -d' ' -f1)
+    [ "$got" = "$want" ] || { echo "peer h$k serves different bytes" >&2; exit 1; }
+  done
+  local builder_host served fetched=0 rss="" rss_builder=0
+  builder_host=$(echo "$d" | python3 -c '
+import json,sys; d=json.load(sys.stdin)
+print([r["name"] for r in d["replicas"] if r["peer"]==d["builder"]][0][1:])')
+  served=$(metric "$builder_host" shoal_blocks_served_bytes_total)
+  for ((k = 0; k < N; k++)); do
+    fetched=$((fetched + $(metric "$k" shoal_blocks_fetched_bytes_total | cut -d. -f1)))
+    local hwm; hwm=$(awk '/VmHWM/{print $2}' "/proc/${PIDS[$k]}/status")
+    if [ "$k" = "$builder_host" ]; then rss_builder=$hwm; else rss="$rss $hwm"; fi
+  done
+  echo "$d" | python3 -c '
+import json, sys, datetime
+d = json.load(sys.stdin)
+ts = lambda s: datetime.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+built = ts(d["built_at"])
+done = sorted(ts(r["updated_at"]) - built for r in d["replicas"] if r["peer"] != d["builder"])
+print("total=%.2f" % (ts(d["updated_at"]) - built))
+print("p50=%.2f" % done[len(done) // 2])
+print("last=%.2f" % done[-1])
+print("first=%.2f" % done[0])
+print("artifact_bytes=%d" % d["replicas"][0]["total"])
+'
+  local b a; b=($before); a=($after)
+  echo "wire=$((a[0] - b[0]))"
+  echo "builder_wire=$((a[builder_host + 1] - b[builder_host + 1]))"
+  echo "builder_served=${served%.*}"
+  echo "fetched=$fetched"
+  echo "rss_kib=$(echo "$rss" | tr ' ' '\n' | sort -n | tail -1)"
+  echo "rss_builder_kib=$rss_builder"
+  stop_peers
+  rm -rf "$W"/d* "$repo"
+}
+
+mkdir -p "$W"
+echo "# shoal, small run (${SMALL} MiB) for the RSS comparison"
+run_shoal "$SMALL" >"$W/small.out"
+echo "# shoal, ${SIZE} MiB"
+run_shoal "$SIZE" >"$W/big.out"
+val() { sed -n "s/^$2=//p" "$1"; }
+calc() { awk "BEGIN{printf \"%.2f\", $*}"; }
+S=$(val "$W/big.out" artifact_bytes)
+T=$(val "$W/big.out" total)
+ratio() { [[ "$1" =~ ^[0-9.]+$ ]] && calc "$1/$BOUND" || echo -; }
+faster() { [[ "$1" =~ ^[0-9.]+$ ]] && calc "$1/$T" || echo -; }
+
+echo
+echo "N=$N  S=${SIZE} MiB  B=$RATE per host each way  delay=$DELAY one-way  cores=$(nproc)"
+echo "link check: $(cat "$STATE/check" 2>/dev/null || echo -)"
+printf '%-40s %9s %12s %14s\n' method seconds "ratio_to_S/B" "shoal_faster_x"
+printf '%-40s %9s %12s %14s\n' "bound S/B" "$BOUND" 1.00 -
+printf '%-40s %9s %12s %14s\n' "central: nginx -> $((N - 1)) curl" "$CENTRAL" "$(ratio "$CENTRAL")" "$(faster "$CENTRAL")"
+printf '%-40s %9s %12s %14s\n' "bittorrent: aria2c 1 seed, $((N - 1)) leech" "$BT" "$(ratio "$BT")" "$(faster "$BT")"
+printf '%-40s %9s %12s %14s\n' "shoal: built -> success" "$T" "$(ratio "$T")" 1.00
+printf '%-40s %9s %12s\n' "shoal: first peer complete" "$(val "$W/big.out" first)" "$(ratio "$(val "$W/big.out" first)")"
+printf '%-40s %9s %12s\n' "shoal: p50 peer complete" "$(val "$W/big.out" p50)" "$(ratio "$(val "$W/big.out" p50)")"
+printf '%-40s %9s %12s\n' "shoal: last peer complete" "$(val "$W/big.out" last)" "$(ratio "$(val "$W/big.out" last)")"
+echo
+echo "artifact S = $S bytes (the zip of the site)"
+echo "block bytes received, all peers  = $(val "$W/big.out" fetched)  ($(calc "$(val "$W/big.out" fetched)/(($N-1)*$S)") x (N-1)*S)"
+echo "wire bytes (eth0 tx, all hosts)  = $(val "$W/big.out" wire)  ($(calc "$(val "$W/big.out" wire)/(($N-1)*$S)") x (N-1)*S; TCP/IP framing alone is ~1.046 x)"
+echo "builder upload (blocks)          = $(val "$W/big.out" builder_served)  ($(calc "$(val "$W/big.out" builder_served)/$S") x S)"
+echo "builder upload (eth0 tx)         = $(val "$W/big.out" builder_wire)  ($(calc "$(val "$W/big.out" builder_wire)/$S") x S)"
+echo "peak RSS, largest fetching peer = $(val "$W/small.out" rss_kib) KiB at ${SMALL} MiB, $(val "$W/big.out" rss_kib) KiB at ${SIZE} MiB (ratio $(calc "$(val "$W/big.out" rss_kib)/$(val "$W/small.out" rss_kib)"))"
+echo "peak RSS, builder                = $(val "$W/small.out" rss_builder_kib) KiB at ${SMALL} MiB, $(val "$W/big.out" rss_builder_kib) KiB at ${SIZE} MiB (clone and pack included)"
