@@ -595,42 +595,64 @@ async fn replicate(
             }
         })
     };
-    let fetched = ex.fetch(id, candidates, client.clone(), progress).await;
-    reporter.abort();
-    let manifest = match fetched {
-        Ok(m) => m,
-        Err(err) => {
-            let reason = format!("could not fetch the artifact: {err}");
-            log.line(Level::Error, &format!("peer {}: {reason}", state.peer));
-            let _ = state.put_replica(replica_row(
-                &shared,
-                &rec,
-                ReplicaState::Failed,
-                0,
-                0,
-                Some(reason),
-            ));
-            return;
+    let mut attempt = 0;
+    let (manifest, unpacked) = loop {
+        attempt += 1;
+        let fetched = ex
+            .fetch(id, candidates.clone(), client.clone(), progress.clone())
+            .await;
+        let manifest = match fetched {
+            Ok(m) => m,
+            Err(err) => {
+                reporter.abort();
+                let reason = format!("could not fetch the artifact: {err}");
+                log.line(Level::Error, &format!("peer {}: {reason}", state.peer));
+                let _ = state.put_replica(replica_row(
+                    &shared,
+                    &rec,
+                    ReplicaState::Failed,
+                    0,
+                    0,
+                    Some(reason),
+                ));
+                return;
+            }
+        };
+        let (sites, store, name, dep) = (
+            shared.sites.clone(),
+            ex.store.clone(),
+            rec.name.clone(),
+            rec.id.clone(),
+        );
+        let limits = UnpackLimits::with_total(shared.settings.max_site_bytes);
+        let m = manifest.clone();
+        let unpacked = tokio::task::spawn_blocking(move || {
+            sites.install(&name, &dep, store.reader(&m), limits)
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+        // A block found corrupt on disk while unpacking was deleted: fetch
+        // it again (from another peer) and unpack again.
+        if unpacked.is_err() && attempt < 3 && !ex.store.complete(&manifest) {
+            log.line(
+                Level::Warn,
+                &format!(
+                    "peer {}: a stored block was corrupt; fetching it again",
+                    state.peer
+                ),
+            );
+            ex.recheck(&id);
+            continue;
         }
+        break (manifest, unpacked);
     };
+    reporter.abort();
     let fetched = ex
         .stats
         .fetched_bytes
         .load(std::sync::atomic::Ordering::Relaxed)
         .saturating_sub(fetched_before);
-    let (sites, store, name, dep) = (
-        shared.sites.clone(),
-        ex.store.clone(),
-        rec.name.clone(),
-        rec.id.clone(),
-    );
-    let limits = UnpackLimits::with_total(shared.settings.max_site_bytes);
-    let m = manifest.clone();
-    let unpacked =
-        tokio::task::spawn_blocking(move || sites.install(&name, &dep, store.reader(&m), limits))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
     match unpacked {
         Ok((files, bytes)) => {
             let total = manifest.size;

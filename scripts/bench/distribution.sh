@@ -25,6 +25,8 @@ export NB_PREFIX=${NB_PREFIX:-shb}
 export NB_NET=${NB_NET:-10.78.0}
 NB=$ROOT/scripts/bench/netbench/netbench.sh
 W=/dev/shm/shoal-distribution-bench
+# Peer logs of the last run are kept here.
+LOGS=${LOGS:-/tmp/shoal-distribution-logs}
 PIDS=()
 
 [ "$(id -u)" = 0 ] || { echo "run as root (network namespaces)" >&2; exit 1; }
@@ -84,6 +86,9 @@ tx_total() { # bytes sent by every host's eth0 so far, and by each
   echo "$sum$each"
 }
 
+cpu_sample() { awk '/^cpu /{print $2+$3+$4+$5+$6+$7+$8+$9, $5+$6}' /proc/stat; }
+cpu_busy() { awk -v a="$1" -v b="$2" 'BEGIN{split(a,x," ");split(b,y," ");t=y[1]-x[1];i=y[2]-x[2];printf "%.0f", (t > 0 ? 100 * (t - i) / t : 0)}'; }
+calc() { awk "BEGIN{printf \"%.2f\", $*}"; }
 metric() { # host name -> value
   inns "$(ns "$1")" curl -sf --max-time 5 "http://$(hip "$1"):8080/metrics" | awk -v n="$2" '$1==n{print $2}'
 }
@@ -106,7 +111,7 @@ run_shoal() { # SIZE_MB -> prints key=value lines
     [ $(($(date +%s) - t0)) -lt 60 ] || { echo "peers did not form a mesh; see $W/h0.log" >&2; tail -5 "$W/h0.log" >&2; exit 1; }
     sleep 0.5
   done
-  local before; before=$(tx_total)
+  local before cpu0; before=$(tx_total); cpu0=$(cpu_sample)
   id=$(api -X POST -H 'content-type: application/json' \
     -d "{\"repo_url\":\"$repo\",\"name\":\"bench\"}" "http://$(hip 0):8080/api/deployments" |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
@@ -118,7 +123,7 @@ run_shoal() { # SIZE_MB -> prints key=value lines
     [ $(($(date +%s) - t0)) -lt 1800 ] || { echo "timed out in $status" >&2; exit 1; }
     sleep 0.2
   done
-  local after; after=$(tx_total)
+  local after cpu1; after=$(tx_total); cpu1=$(cpu_sample)
   [ "$status" = success ] || { echo "deployment ended $status: $d" >&2; exit 1; }
   # Every peer serves the same bytes.
   local want; want=$(sha256sum "$repo/big.bin" | cut -d' ' -f1)
@@ -155,6 +160,13 @@ print("artifact_bytes=%d" % d["replicas"][0]["total"])
   echo "fetched=$fetched"
   echo "rss_kib=$(echo "$rss" | tr ' ' '\n' | sort -n | tail -1)"
   echo "rss_builder_kib=$rss_builder"
+  echo "cpu_busy=$(cpu_busy "$cpu0" "$cpu1")"
+  local ticks=0 t
+  for ((k = 0; k < N; k++)); do
+    t=$(awk '{print $14 + $15}' "/proc/${PIDS[$k]}/stat"); ticks=$((ticks + t))
+  done
+  echo "shoal_cpu_s=$(calc "$ticks/$(getconf CLK_TCK)")"
+  mkdir -p "$LOGS/$size"; cp "$W"/h*.log "$LOGS/$size/"
   stop_peers
   rm -rf "$W"/d* "$repo"
 }
@@ -165,7 +177,6 @@ run_shoal "$SMALL" >"$W/small.out"
 echo "# shoal, ${SIZE} MiB"
 run_shoal "$SIZE" >"$W/big.out"
 val() { sed -n "s/^$2=//p" "$1"; }
-calc() { awk "BEGIN{printf \"%.2f\", $*}"; }
 S=$(val "$W/big.out" artifact_bytes)
 T=$(val "$W/big.out" total)
 ratio() { [[ "$1" =~ ^[0-9.]+$ ]] && calc "$1/$BOUND" || echo -; }
@@ -188,5 +199,6 @@ echo "block bytes received, all peers  = $(val "$W/big.out" fetched)  ($(calc "$
 echo "wire bytes (eth0 tx, all hosts)  = $(val "$W/big.out" wire)  ($(calc "$(val "$W/big.out" wire)/(($N-1)*$S)") x (N-1)*S; TCP/IP framing alone is ~1.046 x)"
 echo "builder upload (blocks)          = $(val "$W/big.out" builder_served)  ($(calc "$(val "$W/big.out" builder_served)/$S") x S)"
 echo "builder upload (eth0 tx)         = $(val "$W/big.out" builder_wire)  ($(calc "$(val "$W/big.out" builder_wire)/$S") x S)"
+echo "CPU: both cores $(val "$W/big.out" cpu_busy) % busy from POST to success; shoal peers used $(val "$W/big.out" shoal_cpu_s) CPU-seconds in all (clone, build and pack included)"
 echo "peak RSS, largest fetching peer = $(val "$W/small.out" rss_kib) KiB at ${SMALL} MiB, $(val "$W/big.out" rss_kib) KiB at ${SIZE} MiB (ratio $(calc "$(val "$W/big.out" rss_kib)/$(val "$W/small.out" rss_kib)"))"
 echo "peak RSS, builder                = $(val "$W/small.out" rss_builder_kib) KiB at ${SMALL} MiB, $(val "$W/big.out" rss_builder_kib) KiB at ${SIZE} MiB (clone and pack included)"

@@ -106,6 +106,39 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
+/// Bytes of a file sampled to decide whether deflate is worth it.
+const SAMPLE: usize = 64 * 1024;
+
+/// Whether deflating `path` is worth its CPU (on every packing and every
+/// peer's unpacking): already-compressed formats by extension, anything else
+/// by how well its first 64 KiB compress. Deterministic: the same file
+/// always gets the same answer, so the zip stays reproducible.
+fn worth_deflating(path: &Path, size: u64) -> io::Result<bool> {
+    const PACKED: [&str; 22] = [
+        "png", "jpg", "jpeg", "gif", "webp", "avif", "ico", "mp4", "webm", "mov", "mp3", "ogg",
+        "m4a", "woff", "woff2", "zip", "gz", "tgz", "br", "zst", "xz", "7z",
+    ];
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    if ext.is_some_and(|e| PACKED.contains(&e.as_str())) {
+        return Ok(false);
+    }
+    if size < 1024 {
+        return Ok(true);
+    }
+    let mut sample = Vec::with_capacity(SAMPLE);
+    File::open(path)?
+        .take(SAMPLE as u64)
+        .read_to_end(&mut sample)?;
+    let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+    z.write_all(&sample)?;
+    let packed = z.finish()?;
+    // Keep deflate only if it saves at least a tenth.
+    Ok(packed.len() * 10 < sample.len() * 9)
+}
+
 /// Packs the tree at `root` into `out` (created or truncated).
 pub fn pack(root: &Path, out: &Path, limits: PackLimits) -> Result<Packed, PackError> {
     let (files, skipped) = list(root, limits)?;
@@ -124,7 +157,15 @@ pub fn pack(root: &Path, out: &Path, limits: PackLimits) -> Result<Packed, PackE
         if total > limits.max_bytes {
             return Err(PackError::TooLarge(limits.max_bytes));
         }
-        zip.start_file(rel.as_str(), options.large_file(size >= u32::MAX as u64))?;
+        let entry = if worth_deflating(path, size)? {
+            options
+        } else {
+            options
+                .compression_method(CompressionMethod::Stored)
+                .compression_level(None)
+        };
+        let entry = entry.large_file(size >= u32::MAX as u64);
+        zip.start_file(rel.as_str(), entry)?;
         let copied = io::copy(&mut (&mut src).take(size), &mut zip)?;
         if copied != size {
             return Err(PackError::Io(io::Error::other(format!(
@@ -194,6 +235,36 @@ mod tests {
         let bytes = std::fs::read(&out).unwrap();
         assert_eq!(p.sha256, hex::encode(Sha256::digest(&bytes)));
         assert_eq!(p.zip_bytes, bytes.len() as u64);
+    }
+
+    #[test]
+    fn incompressible_files_are_stored_and_text_is_deflated() {
+        use rand::RngCore;
+        let src = tempfile::tempdir().unwrap();
+        let mut noise = vec![0u8; 200_000];
+        rand::thread_rng().fill_bytes(&mut noise);
+        write_tree(
+            src.path(),
+            &[
+                ("noise.bin".into(), noise.clone()),
+                ("photo.jpg".into(), b"small but already compressed".to_vec()),
+                ("page.html".into(), b"<p>again</p>".repeat(5000)),
+            ],
+        );
+        let out = tempfile::tempdir().unwrap();
+        let zip_path = out.path().join("a.zip");
+        pack(src.path(), &zip_path, LIMITS).unwrap();
+        let mut z = zip::ZipArchive::new(File::open(&zip_path).unwrap()).unwrap();
+        let method = |z: &mut zip::ZipArchive<File>, n: &str| z.by_name(n).unwrap().compression();
+        assert_eq!(method(&mut z, "noise.bin"), CompressionMethod::Stored);
+        assert_eq!(method(&mut z, "photo.jpg"), CompressionMethod::Stored);
+        assert_eq!(method(&mut z, "page.html"), CompressionMethod::Deflated);
+        let mut back = Vec::new();
+        z.by_name("noise.bin")
+            .unwrap()
+            .read_to_end(&mut back)
+            .unwrap();
+        assert_eq!(back, noise);
     }
 
     #[test]
