@@ -55,6 +55,8 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A server stream with nothing asked for this long is closed.
 const IDLE: Duration = Duration::from_secs(120);
+/// Shortest time between two `HaveMore` updates on one stream.
+const HAVE_EVERY: Duration = Duration::from_millis(20);
 /// How often a fetch looks for new sources and stalls.
 const TICK: Duration = Duration::from_millis(200);
 
@@ -105,10 +107,12 @@ pub enum ExchangeError {
 }
 
 async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &Frame) -> Result<(), ExchangeError> {
-    let body = crate::wire::encode(frame).map_err(|e| ExchangeError::Protocol(e.to_string()))?;
-    let mut buf = Vec::with_capacity(body.len() + 4);
-    buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    buf.extend_from_slice(&body);
+    // Encode behind a length placeholder: one buffer, one copy of a block.
+    let mut buf = cbor4ii::serde::to_vec(vec![0u8; 4], frame)
+        .map_err(|e| ExchangeError::Protocol(e.to_string()))?;
+    let len = u32::try_from(buf.len() - 4)
+        .map_err(|_| ExchangeError::Protocol("frame too large".into()))?;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
     tokio::time::timeout(WRITE_TIMEOUT, async {
         w.write_all(&buf).await?;
         w.flush().await
@@ -127,8 +131,11 @@ async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, limit: usize) -> Result<Fra
             "frame of {n} bytes over the {limit}-byte limit"
         )));
     }
-    let mut body = vec![0u8; n];
-    r.read_exact(&mut body).await?;
+    let mut body = Vec::with_capacity(n);
+    r.take(n as u64).read_to_end(&mut body).await?;
+    if body.len() != n {
+        return Err(ExchangeError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+    }
     cbor4ii::serde::from_slice(&body).map_err(|e| ExchangeError::Protocol(e.to_string()))
 }
 
@@ -425,7 +432,33 @@ impl Exchange {
             }
         };
         let writer = async {
+            let mut last_have = Instant::now();
+            // Blocks arrived here that the asker has not been told of.
+            let mut dirty = false;
             loop {
+                // Tell the asker what arrived here meanwhile, at most every
+                // HAVE_EVERY, also while busy sending blocks.
+                dirty |= changes.has_changed().unwrap_or(false);
+                if dirty && last_have.elapsed() >= HAVE_EVERY {
+                    changes.borrow_and_update();
+                    dirty = false;
+                    last_have = Instant::now();
+                    let now = held.bits();
+                    let fresh: Vec<u32> = (0..n)
+                        .filter(|i| bit(&now, *i) && !bit(&sent, *i))
+                        .map(|i| i as u32)
+                        .collect();
+                    sent = now;
+                    for part in fresh.chunks(MAX_LIST) {
+                        write_frame(
+                            &mut wr,
+                            &Frame::HaveMore {
+                                blocks: part.to_vec(),
+                            },
+                        )
+                        .await?;
+                    }
+                }
                 let next = {
                     let mut q = queue.0.lock().unwrap_or_else(|p| p.into_inner());
                     if q.closed {
@@ -433,57 +466,45 @@ impl Exchange {
                     }
                     q.wants.pop_front()
                 };
-                match next {
-                    Some(index) => {
-                        let i = index as usize;
-                        if !held.has(i) {
-                            write_frame(&mut wr, &Frame::DontHave { index }).await?;
-                            continue;
+                let Some(index) = next else {
+                    tokio::select! {
+                        _ = queue.1.notified() => {}
+                        changed = changes.changed(), if !dirty => {
+                            if changed.is_err() { return Ok(()); }
+                            dirty = true;
                         }
-                        let hash = held.manifest.hash(i);
-                        let store = self.store.clone();
-                        let data = tokio::task::spawn_blocking(move || store.read_raw(&hash))
-                            .await
-                            .map_err(|e| ExchangeError::Protocol(e.to_string()))?;
-                        let Ok(data) = data else {
-                            held.mark(i, false);
-                            write_frame(&mut wr, &Frame::DontHave { index }).await?;
-                            continue;
-                        };
-                        self.limiter.take(data.len()).await;
-                        let len = data.len() as u64;
-                        write_frame(
-                            &mut wr,
-                            &Frame::Block {
-                                index,
-                                data: ByteBuf::from(data),
-                            },
-                        )
-                        .await?;
-                        self.stats.served_bytes.fetch_add(len, Ordering::Relaxed);
-                        self.stats.served_blocks.fetch_add(1, Ordering::Relaxed);
+                        _ = tokio::time::sleep_until((last_have + HAVE_EVERY).into()), if dirty => {}
+                        _ = tokio::time::sleep(IDLE) => return Ok(()),
                     }
-                    None => {
-                        tokio::select! {
-                            _ = queue.1.notified() => {}
-                            changed = changes.changed() => {
-                                if changed.is_err() { return Ok(()); }
-                                // Let a few arrivals gather into one update.
-                                tokio::time::sleep(Duration::from_millis(20)).await;
-                                let now = held.bits();
-                                let fresh: Vec<u32> = (0..n)
-                                    .filter(|i| bit(&now, *i) && !bit(&sent, *i))
-                                    .map(|i| i as u32)
-                                    .collect();
-                                sent = now;
-                                for part in fresh.chunks(MAX_LIST) {
-                                    write_frame(&mut wr, &Frame::HaveMore { blocks: part.to_vec() }).await?;
-                                }
-                            }
-                            _ = tokio::time::sleep(IDLE) => return Ok(()),
-                        }
-                    }
+                    continue;
+                };
+                let i = index as usize;
+                if !held.has(i) {
+                    write_frame(&mut wr, &Frame::DontHave { index }).await?;
+                    continue;
                 }
+                let hash = held.manifest.hash(i);
+                let store = self.store.clone();
+                let data = tokio::task::spawn_blocking(move || store.read_raw(&hash))
+                    .await
+                    .map_err(|e| ExchangeError::Protocol(e.to_string()))?;
+                let Ok(data) = data else {
+                    held.mark(i, false);
+                    write_frame(&mut wr, &Frame::DontHave { index }).await?;
+                    continue;
+                };
+                self.limiter.take(data.len()).await;
+                let len = data.len() as u64;
+                write_frame(
+                    &mut wr,
+                    &Frame::Block {
+                        index,
+                        data: ByteBuf::from(data),
+                    },
+                )
+                .await?;
+                self.stats.served_bytes.fetch_add(len, Ordering::Relaxed);
+                self.stats.served_blocks.fetch_add(1, Ordering::Relaxed);
             }
         };
         let (r, w) = tokio::join!(reader, writer);
@@ -537,19 +558,36 @@ impl Exchange {
         candidates: &Candidates,
         client: &crate::net::Client,
     ) -> Result<Arc<Held>, ExchangeError> {
-        let mut providers: Vec<PeerId> = Vec::new();
+        // Kademlia providers are looked up beside the candidates, never
+        // in front of them: the candidates usually have it already.
+        let providers: Arc<Mutex<Vec<PeerId>>> = Arc::default();
         let mut last_lookup: Option<Instant> = None;
         loop {
             if last_lookup.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
                 last_lookup = Some(Instant::now());
-                providers = client.providers(id.to_vec()).await.unwrap_or_default();
+                let (client, key, found) = (client.clone(), id.to_vec(), providers.clone());
+                tokio::spawn(async move {
+                    if let Ok(list) = client.providers(key).await {
+                        *found.lock().unwrap_or_else(|p| p.into_inner()) = list;
+                    }
+                });
             }
             let mut peers = candidates();
-            peers.extend(providers.iter().copied());
+            peers.extend(
+                providers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .copied(),
+            );
             let mut seen = HashSet::new();
             peers.retain(|p| *p != self.local && seen.insert(*p) && !self.is_banned(p));
-            let asks = peers.iter().take(4).map(|p| self.ask_manifest(*p, id));
-            for got in futures_util::future::join_all(asks).await {
+            let mut asks: futures_util::stream::FuturesUnordered<_> = peers
+                .iter()
+                .take(4)
+                .map(|p| self.ask_manifest(*p, id))
+                .collect();
+            while let Some(got) = asks.next().await {
                 match got {
                     Ok(Some(bytes)) => {
                         if let Ok(m) = Manifest::decode(&bytes, id) {
@@ -687,6 +725,8 @@ struct Driver {
     retry_at: HashMap<PeerId, (Instant, Duration)>,
     providers: Vec<PeerId>,
     next_token: u64,
+    /// Bytes of the artifact held here.
+    held_bytes: u64,
 }
 
 impl Driver {
@@ -704,6 +744,7 @@ impl Driver {
             retry_at: HashMap::new(),
             providers: Vec::new(),
             next_token: 0,
+            held_bytes: 0,
         }
     }
 
@@ -718,6 +759,7 @@ impl Driver {
         let (prov_tx, mut prov_rx) = mpsc::channel::<Vec<PeerId>>(1);
         let mut last_lookup: Option<Instant> = None;
         let started = Instant::now();
+        self.held_bytes = self.bytes_held();
         while !self.held.complete() {
             tokio::select! {
                 Some((peer, token, ev)) = rx.recv() => {
@@ -747,11 +789,7 @@ impl Driver {
                 let next = Progress {
                     blocks,
                     total_blocks: self.n,
-                    bytes: if blocks == self.n {
-                        total_bytes
-                    } else {
-                        p.bytes.max(self.bytes_held())
-                    },
+                    bytes: self.held_bytes,
                     total_bytes,
                     sources: self.sources.len(),
                 };
@@ -906,6 +944,9 @@ impl Driver {
                         .duplicate_bytes
                         .fetch_add(size, Ordering::Relaxed);
                 }
+                if !self.held.has(i) {
+                    self.held_bytes += size;
+                }
                 self.held.mark(i, true);
                 // Endgame: cancel the copies still coming from elsewhere.
                 if self.inflight[i] > 0 {
@@ -955,6 +996,13 @@ impl Driver {
     /// (each source has its own order, so fetchers spread out); in the
     /// endgame, blocks already asked of one other source.
     fn dispatch(&mut self) {
+        let hungry = self
+            .sources
+            .values()
+            .any(|s| s.bits.is_some() && s.inflight_bytes <= WINDOW / 2);
+        if !hungry {
+            return;
+        }
         let have = self.held.bits();
         let unrequested = (0..self.n)
             .filter(|i| !bit(&have, *i) && self.inflight[*i] == 0 && self.avail[*i] > 0)

@@ -167,6 +167,7 @@ print("artifact_bytes=%d" % d["replicas"][0]["total"])
   done
   echo "shoal_cpu_s=$(calc "$ticks/$(getconf CLK_TCK)")"
   mkdir -p "$LOGS/$size"; cp "$W"/h*.log "$LOGS/$size/"
+  api "http://$(hip 0):8080/api/deployments/$id/logs" >"$LOGS/$size/deployment.json" || true
   stop_peers
   rm -rf "$W"/d* "$repo"
 }
