@@ -90,6 +90,13 @@ async fn five_peers_serve_identical_bytes_through_distributed_to_success() {
     let reps = replicas(&d);
     assert_eq!(reps.len(), 5, "{d}");
     assert!(reps.iter().all(|(_, s)| s == "complete"), "{d}");
+    let page = mesh.peers[2].page(&format!("/deployments/{id}")).await;
+    assert_eq!(page.matches("<tr data-peer=").count(), 5, "{page}");
+    assert_eq!(
+        page.matches("value=100").count(),
+        5,
+        "every copy at 100 %: {page}"
+    );
     // The artifact travelled between peers, not only from the builder:
     // the builder uploaded less than every other peer downloaded.
     let mut fetched = 0.0;

@@ -158,7 +158,7 @@ async fn deployment_page<B: Backend>(
     };
     let body = format!(
         "<h1>{name} {badge}</h1>{error}<p><a href='{url}'>{url}</a></p><dl>{dl}</dl>\
-         <h2>Replicas</h2>{replicas}\
+         <h2>Replicas</h2><div id=replicas-box data-deployment='{id}'>{replicas}</div>\
          <h2>Log</h2><pre id=log data-deployment='{id}'></pre>",
         name = esc(&d.name),
         badge = badge(&d),

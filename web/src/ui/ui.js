@@ -67,3 +67,36 @@ if (log) {
   // Reload once when a running deployment ends, to show its final details.
   source.addEventListener("end", () => { source.close(); if (!endedAtLoad) location.reload(); });
 }
+
+// Each peer's copy of the artifact, refreshed while the deployment runs.
+const replicasBox = document.getElementById("replicas-box");
+if (replicasBox) {
+  const id = replicasBox.dataset.deployment;
+  const finals = ["success", "buildFailed", "distributionFailed", "canceled"];
+  const timer = setInterval(async () => {
+    const res = await fetch("/api/deployments/" + id);
+    if (!res.ok) return;
+    const d = await res.json();
+    if (d.replicas.length) {
+      const head = el("thead");
+      const hr = el("tr");
+      for (const h of ["Peer", "Id", "State", "Held", "Bytes", "Updated", "Error"]) hr.append(el("th", {}, h));
+      head.append(hr);
+      const body = el("tbody");
+      for (const r of d.replicas) {
+        const pct = r.total > 0 ? Math.floor((Math.min(r.bytes, r.total) * 100) / r.total) : r.state === "complete" ? 100 : 0;
+        const tr = el("tr", { "data-peer": r.peer });
+        const state = el("td"); state.append(el("span", { class: "badge " + r.state }, r.state));
+        const held = el("td");
+        held.append(el("progress", { max: "100", value: String(pct), "aria-label": pct + "% held" }), " " + pct + "%");
+        tr.append(el("td", {}, r.name || ""), el("td", { class: "mono" }, r.peer.slice(-12)), state, held,
+          el("td", {}, String(r.bytes)), el("td", {}, r.updated_at), el("td", {}, r.error || ""));
+        body.append(tr);
+      }
+      const table = el("table", { id: "replicas" });
+      table.append(head, body);
+      replicasBox.replaceChildren(table);
+    }
+    if (finals.includes(d.status)) clearInterval(timer);
+  }, 1000);
+}
