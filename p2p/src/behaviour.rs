@@ -75,6 +75,10 @@ pub(crate) fn build_swarm(cfg: &NetConfig) -> Result<Swarm<Behaviour>, NetError>
                 gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gossip_cfg)?;
             let mut kad_cfg = kad::Config::new(StreamProtocol::new("/shoal/kad/1"));
             kad_cfg.set_query_timeout(Duration::from_secs(30));
+            // Provider records (who holds which artifact) are announced
+            // again every hour and expire after four without it.
+            kad_cfg.set_provider_publication_interval(Some(Duration::from_secs(3600)));
+            kad_cfg.set_provider_record_ttl(Some(Duration::from_secs(4 * 3600)));
             let mut kad =
                 kad::Behaviour::with_config(local, kad::store::MemoryStore::new(local), kad_cfg);
             kad.set_mode(Some(kad::Mode::Server));

@@ -526,6 +526,9 @@ impl Exchange {
             None => self.fetch_manifest(&id, &candidates, &client).await?,
         };
         let manifest = held.manifest.clone();
+        // Holding the manifest, this peer serves what it has from now on:
+        // say so in the DHT too.
+        let _ = client.provide(id.to_vec()).await;
         if !held.complete() {
             let (h, store) = (held.clone(), self.store.clone());
             let _ = tokio::task::spawn_blocking(move || h.refresh(&store)).await;
