@@ -546,66 +546,6 @@ fn rank_sources(view: &[PeerView], replicas: &[DeploymentFile], region: &str) ->
     ranked.into_iter().map(|(_, _, _, id)| id).collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn peer(id: &PeerId, region: &str, alive: bool, is_self: bool) -> PeerView {
-        PeerView {
-            id: id.to_string(),
-            name: String::new(),
-            addresses: vec![],
-            region: region.into(),
-            load: 0.0,
-            free_slots: 1,
-            capabilities: vec![],
-            version: String::new(),
-            last_seen_ms: 0,
-            alive,
-            is_self,
-        }
-    }
-
-    fn replica(peer: &PeerId, state: ReplicaState) -> DeploymentFile {
-        DeploymentFile {
-            deployment: "d".into(),
-            peer: peer.to_string(),
-            path: String::new(),
-            bytes: 0,
-            created_at_ms: 0,
-            stamp: p2p::Hlc::default(),
-            state,
-            total: 0,
-            error: None,
-        }
-    }
-
-    #[test]
-    fn sources_prefer_the_region_then_whole_copies_then_fetchers() {
-        let ids: Vec<PeerId> = (0..6).map(|_| PeerId::random()).collect();
-        let view = vec![
-            peer(&ids[0], "eu", true, true),   // this peer
-            peer(&ids[1], "us", true, false),  // away, complete
-            peer(&ids[2], "eu", true, false),  // here, nothing yet
-            peer(&ids[3], "eu", true, false),  // here, fetching
-            peer(&ids[4], "eu", true, false),  // here, complete
-            peer(&ids[5], "eu", false, false), // dead
-        ];
-        let replicas = vec![
-            replica(&ids[1], ReplicaState::Complete),
-            replica(&ids[3], ReplicaState::Fetching),
-            replica(&ids[4], ReplicaState::Complete),
-            replica(&ids[5], ReplicaState::Complete),
-        ];
-        for _ in 0..10 {
-            assert_eq!(
-                rank_sources(&view, &replicas, "eu"),
-                vec![ids[4], ids[3], ids[2], ids[1]]
-            );
-        }
-    }
-}
-
 /// Fetches, unpacks and reports one deployment's artifact on this peer.
 async fn replicate(
     shared: Arc<Shared>,
@@ -755,6 +695,66 @@ async fn replicate(
                 manifest.size,
                 Some(reason),
             ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(id: &PeerId, region: &str, alive: bool, is_self: bool) -> PeerView {
+        PeerView {
+            id: id.to_string(),
+            name: String::new(),
+            addresses: vec![],
+            region: region.into(),
+            load: 0.0,
+            free_slots: 1,
+            capabilities: vec![],
+            version: String::new(),
+            last_seen_ms: 0,
+            alive,
+            is_self,
+        }
+    }
+
+    fn replica(peer: &PeerId, state: ReplicaState) -> DeploymentFile {
+        DeploymentFile {
+            deployment: "d".into(),
+            peer: peer.to_string(),
+            path: String::new(),
+            bytes: 0,
+            created_at_ms: 0,
+            stamp: p2p::Hlc::default(),
+            state,
+            total: 0,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn sources_prefer_the_region_then_whole_copies_then_fetchers() {
+        let ids: Vec<PeerId> = (0..6).map(|_| PeerId::random()).collect();
+        let view = vec![
+            peer(&ids[0], "eu", true, true),   // this peer
+            peer(&ids[1], "us", true, false),  // away, complete
+            peer(&ids[2], "eu", true, false),  // here, nothing yet
+            peer(&ids[3], "eu", true, false),  // here, fetching
+            peer(&ids[4], "eu", true, false),  // here, complete
+            peer(&ids[5], "eu", false, false), // dead
+        ];
+        let replicas = vec![
+            replica(&ids[1], ReplicaState::Complete),
+            replica(&ids[3], ReplicaState::Fetching),
+            replica(&ids[4], ReplicaState::Complete),
+            replica(&ids[5], ReplicaState::Complete),
+        ];
+        for _ in 0..10 {
+            assert_eq!(
+                rank_sources(&view, &replicas, "eu"),
+                vec![ids[4], ids[3], ids[2], ids[1]]
+            );
         }
     }
 }
