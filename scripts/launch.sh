@@ -84,25 +84,12 @@ if [ "$demo" = 1 ]; then
   git -C "$repo" init -q -b main
   git -C "$repo" add -A
   git -C "$repo" -c user.name=shoal -c user.email=demo@shoal.invalid commit -qm "demo site"
-  if [ "$n" -eq 1 ]; then
-    SHOAL_TOKEN=$token "$bin" deploy "$repo" --name demo --peer "http://127.0.0.1:$http_base" --wait
-  else
-    # In a mesh the elected peer builds it; wait until it has.
-    out=$(SHOAL_TOKEN=$token "$bin" deploy "$repo" --name demo --peer "http://127.0.0.1:$http_base")
-    echo "$out"
-    id=$(echo "$out" | awk '{print $2}')
-    for _ in $(seq 1 300); do
-      status=$(curl -fsS "http://127.0.0.1:$http_base/api/deployments/$id" | sed -E 's/.*"status":"([^"]+)".*/\1/')
-      case "$status" in built|distributed|success|buildFailed|distributionFailed|canceled) break ;; esac
-      sleep 0.2
-    done
-    builder=$(curl -fsS "http://127.0.0.1:$http_base/api/deployments/$id" | sed -E 's/.*"builder":"([^"]+)".*/\1/')
-    for ((i = 0; i < n; i++)); do
-      if grep -q "$builder" ".shoal/peer-$i/endpoints.json" 2>/dev/null; then
-        echo "demo $status, built by peer-$i: http://demo.localhost:$((sites_base + i))/"
-      fi
-    done
-  fi
+  # Waits until the site is live on every peer (the elected peer builds it,
+  # the others fetch it from it and from each other).
+  SHOAL_TOKEN=$token "$bin" deploy "$repo" --name demo --peer "http://127.0.0.1:$http_base" --wait
+  for ((i = 0; i < n; i++)); do
+    echo "  peer-$i serves it at http://demo.localhost:$((sites_base + i))/"
+  done
 fi
 
 echo
