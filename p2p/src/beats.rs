@@ -9,12 +9,11 @@ use crate::members::Members;
 use crate::net::Client;
 use crate::wire::{self, Heartbeat};
 use futures_util::io::{AsyncReadExt, AsyncWriteExt};
-use futures_util::StreamExt;
 use libp2p::{PeerId, Stream, StreamProtocol};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tracing::{debug, warn};
 
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/beat/1");
@@ -39,31 +38,18 @@ pub fn frame(beat: &Heartbeat) -> Result<Vec<u8>, wire::WireError> {
 }
 
 /// Accepts heartbeat streams until shutdown.
-pub async fn accept(client: Client, members: Arc<Members>, mut shutdown: watch::Receiver<bool>) {
-    let mut control = client.streams();
-    let mut incoming = match control.accept(PROTOCOL) {
-        Ok(incoming) => incoming,
-        Err(err) => {
-            warn!(error = %err, "heartbeat protocol already registered");
-            return;
-        }
-    };
-    let slots = Arc::new(Semaphore::new(MAX_INBOUND));
-    loop {
-        let (peer, stream) = tokio::select! {
-            _ = shutdown.wait_for(|s| *s) => break,
-            next = incoming.next() => match next { Some(s) => s, None => break },
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            debug!(%peer, "too many heartbeat streams; refusing one");
-            continue;
-        };
-        let members = members.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            read_beats(peer, stream, &members).await;
-        });
-    }
+pub async fn accept(client: Client, members: Arc<Members>, shutdown: watch::Receiver<bool>) {
+    crate::net::accept_streams(
+        client.streams(),
+        PROTOCOL,
+        MAX_INBOUND,
+        shutdown,
+        |peer, stream| {
+            let members = members.clone();
+            async move { read_beats(peer, stream, &members).await }
+        },
+    )
+    .await;
 }
 
 async fn read_beats(peer: PeerId, mut stream: Stream, members: &Members) {

@@ -27,7 +27,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, info, warn};
 
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/blocks/1");
@@ -360,33 +360,17 @@ impl Exchange {
     }
 
     /// Serves block streams until shutdown.
-    pub async fn serve(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let mut control = self.control.clone();
-        let mut incoming = match control.accept(PROTOCOL) {
-            Ok(incoming) => incoming,
-            Err(err) => {
-                warn!(error = %err, "block protocol already registered");
-                return;
-            }
-        };
-        let slots = Arc::new(Semaphore::new(MAX_INBOUND));
-        loop {
-            let (peer, stream) = tokio::select! {
-                _ = shutdown.wait_for(|s| *s) => break,
-                next = incoming.next() => match next { Some(s) => s, None => break },
-            };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                debug!(%peer, "too many block streams; refusing one");
-                continue;
-            };
+    pub async fn serve(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
+        let control = self.control.clone();
+        crate::net::accept_streams(control, PROTOCOL, MAX_INBOUND, shutdown, |peer, stream| {
             let this = self.clone();
-            tokio::spawn(async move {
-                let _slot = slot;
+            async move {
                 if let Err(err) = this.serve_stream(stream).await {
                     debug!(%peer, error = %err, "block stream ended");
                 }
-            });
-        }
+            }
+        })
+        .await;
     }
 
     async fn serve_stream(&self, stream: libp2p::Stream) -> Result<(), ExchangeError> {

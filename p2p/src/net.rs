@@ -233,6 +233,44 @@ pub fn spawn(
     ))
 }
 
+/// Accepts inbound streams of `protocol` until `shutdown`, at most `max`
+/// at once (more are refused), and runs `handle` on each in its own task.
+pub(crate) async fn accept_streams<F, Fut>(
+    mut control: libp2p_stream::Control,
+    protocol: libp2p::StreamProtocol,
+    max: usize,
+    mut shutdown: watch::Receiver<bool>,
+    handle: F,
+) where
+    F: Fn(PeerId, libp2p::Stream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use futures_util::StreamExt;
+    let mut incoming = match control.accept(protocol.clone()) {
+        Ok(incoming) => incoming,
+        Err(err) => {
+            tracing::warn!(%protocol, error = %err, "protocol already registered");
+            return;
+        }
+    };
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max));
+    loop {
+        let (peer, stream) = tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => break,
+            next = incoming.next() => match next { Some(s) => s, None => break },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, %protocol, "too many inbound streams; refusing one");
+            continue;
+        };
+        let task = handle(peer, stream);
+        tokio::spawn(async move {
+            let _slot = slot;
+            task.await;
+        });
+    }
+}
+
 /// Drops a trailing `/p2p/<id>`: the id is learned on connect.
 pub(crate) fn strip_peer_id(mut addr: Multiaddr) -> Multiaddr {
     if matches!(addr.iter().last(), Some(Protocol::P2p(_))) {

@@ -434,22 +434,35 @@ async fn a_deployment_that_cannot_reach_every_peer_in_time_fails_and_is_not_swit
     let flags = ["--upload-limit-kib", "64", "--distribution-timeout", "4s"];
     let mesh = Mesh::start_with(2, &flags).await.unwrap();
     let repo = Repo::new(&[("index.html", b"v1")]).unwrap();
-    let (_, first) = mesh.peers[0].deploy_and_wait(repo.path(), "slow").await.unwrap();
+    let (_, first) = mesh.peers[0]
+        .deploy_and_wait(repo.path(), "slow")
+        .await
+        .unwrap();
     assert_eq!(first["status"], "success", "{first}");
     wait_served(&mesh, "slow", "/", b"v1", Duration::from_secs(10)).await;
     repo.commit(
-        &[("index.html", b"v2"), ("big.bin", &random_bytes(3 << 20, 50))],
+        &[
+            ("index.html", b"v2"),
+            ("big.bin", &random_bytes(3 << 20, 50)),
+        ],
         "too big for the deadline",
     )
     .unwrap();
-    let (id, d) = mesh.peers[0].deploy_and_wait(repo.path(), "slow").await.unwrap();
+    let (id, d) = mesh.peers[0]
+        .deploy_and_wait(repo.path(), "slow")
+        .await
+        .unwrap();
     assert_eq!(d["status"], "distributionFailed", "{d}");
     let error = d["error"].as_str().unwrap();
     assert!(
         error.contains("did not finish within 4s") && error.contains("1 of 2 live peers"),
         "{error}"
     );
-    assert!(mesh.peers[0].log_text(&id).await.unwrap().contains("missing on"));
+    assert!(mesh.peers[0]
+        .log_text(&id)
+        .await
+        .unwrap()
+        .contains("missing on"));
     // Every peer, the builder too, keeps serving the previous version.
     for peer in &mesh.peers {
         assert_eq!(peer.site_bytes("slow", "/").await.unwrap(), b"v1");
