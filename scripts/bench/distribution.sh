@@ -77,13 +77,14 @@ make_repo() { # SIZE_MB -> repo dir
   echo "$repo"
 }
 
-tx_total() { # bytes sent by every host's eth0 so far, and by each
-  local k t sum=0 each=""
+tx_total() { # bytes sent by every host's eth0 so far, and by each; then packets (skbs)
+  local k t sum=0 each="" pkts=0
   for ((k = 0; k < N; k++)); do
     t=$(inns "$(ns "$k")" cat /sys/class/net/eth0/statistics/tx_bytes)
     sum=$((sum + t)); each="$each $t"
+    pkts=$((pkts + $(inns "$(ns "$k")" cat /sys/class/net/eth0/statistics/tx_packets)))
   done
-  echo "$sum$each"
+  echo "$sum$each $pkts"
 }
 
 cpu_sample() { awk '/^cpu /{print $2+$3+$4+$5+$6+$7+$8+$9, $5+$6}' /proc/stat; }
@@ -155,6 +156,7 @@ print("artifact_bytes=%d" % d["replicas"][0]["total"])
 '
   local b a; b=($before); a=($after)
   echo "wire=$((a[0] - b[0]))"
+  echo "packets=$((a[N + 1] - b[N + 1]))"
   echo "builder_wire=$((a[builder_host + 1] - b[builder_host + 1]))"
   echo "builder_served=${served%.*}"
   echo "fetched=$fetched"
@@ -198,6 +200,7 @@ echo
 echo "artifact S = $S bytes (the zip of the site)"
 echo "block bytes received, all peers  = $(val "$W/big.out" fetched)  ($(calc "$(val "$W/big.out" fetched)/(($N-1)*$S)") x (N-1)*S)"
 echo "wire bytes (eth0 tx, all hosts)  = $(val "$W/big.out" wire)  ($(calc "$(val "$W/big.out" wire)/(($N-1)*$S)") x (N-1)*S; TCP/IP framing alone is ~1.046 x)"
+echo "packets sent (skbs)              = $(val "$W/big.out" packets)  ($(calc "$(val "$W/big.out" wire)/$(val "$W/big.out" packets)") bytes each on average)"
 echo "builder upload (blocks)          = $(val "$W/big.out" builder_served)  ($(calc "$(val "$W/big.out" builder_served)/$S") x S)"
 echo "builder upload (eth0 tx)         = $(val "$W/big.out" builder_wire)  ($(calc "$(val "$W/big.out" builder_wire)/$S") x S)"
 echo "CPU: both cores $(val "$W/big.out" cpu_busy) % busy from POST to success; shoal peers used $(val "$W/big.out" shoal_cpu_s) CPU-seconds in all (clone, build and pack included)"
