@@ -163,6 +163,38 @@ impl web::Backend for NodeBackend {
         Ok(Some(view))
     }
 
+    fn cancel_deployment(&self, id: &str) -> Result<Option<DeploymentView>, ApiError> {
+        let Some(rec) = self.state.deployment(id).map_err(internal)? else {
+            return Ok(None);
+        };
+        if !matches!(rec.status, Status::Queued | Status::Building) {
+            return Err(ApiError::conflict(
+                "not_cancelable",
+                format!(
+                    "deployment {id} is {}; only queued or building deployments can be canceled",
+                    rec.status.as_str()
+                ),
+            ));
+        }
+        let reason = format!("canceled by request on peer {}", self.state.peer);
+        self.state
+            .log(id, "queue", crate::state::Level::Warn, &reason);
+        // A new epoch: the cancellation outranks the running claim and any
+        // claim made at the same moment by a peer that has not seen it yet.
+        let updated = self
+            .state
+            .update(id, |r| {
+                if matches!(r.status, Status::Queued | Status::Building) {
+                    r.epoch += 1;
+                    r.status = Status::Canceled;
+                    r.lease_until_ms = 0;
+                    r.error = Some(reason.clone());
+                }
+            })
+            .map_err(internal)?;
+        Ok(updated.map(|r| r.to_view()))
+    }
+
     fn logs(&self, id: &str) -> Result<Option<Vec<LogLine>>, ApiError> {
         if self.state.deployment(id).map_err(internal)?.is_none() {
             return Ok(None);

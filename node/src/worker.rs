@@ -108,6 +108,7 @@ impl Worker {
                     if matches!(ev, Ok(web::Event::Log { .. })) {
                         continue;
                     }
+                    self.stop_lost_builds();
                 }
                 Some(done) = self.tasks.join_next() => {
                     if let Ok(id) = done {
@@ -140,8 +141,8 @@ impl Worker {
         }
     }
 
-    /// Cancels builds whose claim another peer won (a concurrent claim, or a
-    /// takeover after this peer was thought dead).
+    /// Stops builds that were canceled, or whose claim another peer won (a
+    /// concurrent claim, or a takeover after this peer was thought dead).
     fn stop_lost_builds(&self) {
         let me = self.shared.state.peer.as_str();
         for (id, a) in &self.active {
@@ -149,7 +150,14 @@ impl Worker {
                 continue;
             };
             let lost = row.epoch != a.epoch || row.builder.as_deref() != Some(me);
-            if lost && !*a.cancel.borrow() {
+            if lost && row.status == Status::Canceled && !*a.cancel.borrow() {
+                info!(deployment = %id, "canceled; stopping this build");
+                Logger::new(self.shared.state.clone(), id, "build").line(
+                    Level::Warn,
+                    &format!("peer {me} stops the build: the deployment was canceled"),
+                );
+                let _ = a.cancel.send(true);
+            } else if lost && !*a.cancel.borrow() {
                 let winner = row.builder.unwrap_or_default();
                 info!(deployment = %id, %winner, epoch = row.epoch, "claim lost; stopping this build");
                 Logger::new(self.shared.state.clone(), id, "queue").line(

@@ -229,3 +229,52 @@ async fn the_same_submission_twice_is_one_deployment() {
     let (_, third) = peer.post_deployment(&body).await.unwrap();
     assert_ne!(third["id"], first["id"]);
 }
+
+#[tokio::test]
+async fn a_queued_deployment_is_canceled_before_it_is_built() {
+    let peer = Peer::start(&["--max-builds", "1"]).await.unwrap();
+    let slow = Repo::new(&[(
+        "shoal.toml",
+        b"[build]\ncommand = \"echo slow-start; sleep 29.3; mkdir -p o; echo x > o/index.html\"\noutput = \"o\"\n",
+    )])
+    .unwrap();
+    let other = Repo::new(&[("index.html", b"never")]).unwrap();
+    let first = peer.deploy(slow.path(), "busy").await.unwrap();
+    tests::wait_until("the slow build to start", BUILD, || async {
+        peer.log_text(&first)
+            .await
+            .ok()?
+            .contains("slow-start")
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    // The only build slot is taken: the second one waits in the queue.
+    let second = peer.deploy(other.path(), "waiting").await.unwrap();
+    let d = peer.deployment(&second).await.unwrap();
+    assert_eq!(d["status"], "queued", "{d}");
+    let page = peer.page(&format!("/deployments/{second}")).await;
+    assert!(page.contains("id=cancel"), "a cancel button: {page}");
+    for id in [&second, &first] {
+        let res = peer
+            .client()
+            .post(format!("{}/api/deployments/{id}/cancel", peer.http))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    for id in [&second, &first] {
+        let d = peer.wait_final(id, BUILD).await.unwrap();
+        assert_eq!(d["status"], "canceled", "{d}");
+    }
+    let log = peer.log_text(&second).await.unwrap();
+    assert!(!log.contains("[clone]"), "never started: {log}");
+    let page = peer.page(&format!("/deployments/{second}")).await;
+    assert!(
+        !page.contains("id=cancel"),
+        "no cancel button once it ended"
+    );
+    assert!(peer.site_bytes("waiting", "/").await.is_none());
+}

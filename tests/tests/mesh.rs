@@ -366,3 +366,84 @@ async fn peers_that_start_in_any_order_find_each_other_by_name() {
         .unwrap();
     }
 }
+
+/// Whether a process whose command line contains `pattern` runs.
+fn process_running(pattern: &str) -> bool {
+    std::process::Command::new("pgrep")
+        .args(["-f", pattern])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_build_canceled_on_any_peer_stops_on_its_builder() {
+    let mesh = Mesh::start(3).await.unwrap();
+    let repo = Repo::new(&[(
+        "shoal.toml",
+        b"[build]\ncommand = \"echo slow-start; sleep 31.7; mkdir -p o; echo x > o/index.html\"\noutput = \"o\"\n",
+    )])
+    .unwrap();
+    let id = mesh.peers[0].deploy(repo.path(), "stopme").await.unwrap();
+    let watcher = &mesh.peers[0];
+    let builder = wait_until("the slow build to start", BUILD, || async {
+        let log = watcher.log_text(&id).await.ok()?;
+        let d = watcher.deployment(&id).await.ok()?;
+        log.contains("slow-start")
+            .then(|| d["builder"].as_str().map(str::to_owned))
+            .flatten()
+    })
+    .await
+    .unwrap();
+    assert!(process_running("sleep 31.7"));
+    // Canceled through a peer that is not the builder.
+    let other = mesh.peers.iter().find(|p| p.id != builder).unwrap();
+    let url = format!("{}/api/deployments/{id}/cancel", other.http);
+    let res = other.client().post(&url).send().await.unwrap();
+    assert_eq!(res.status(), 401, "cancel needs the admin token");
+    let res = other
+        .client()
+        .post(&url)
+        .bearer_auth(tests::TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["status"], "canceled");
+    let b = mesh.by_id(&builder).unwrap();
+    wait_status(b, &id, &["canceled"], Duration::from_secs(10)).await;
+    wait_until(
+        "the build's processes to be killed",
+        Duration::from_secs(10),
+        || async { (!process_running("sleep 31.7")).then_some(()) },
+    )
+    .await
+    .unwrap();
+    let log = b.log_text(&id).await.unwrap();
+    assert!(log.contains("canceled by request on peer"), "{log}");
+    assert!(log.contains("the deployment was canceled"), "{log}");
+    assert!(!log.contains("[build] built in"), "{log}");
+    // Only queued or building deployments can be canceled.
+    let res = other
+        .client()
+        .post(&url)
+        .bearer_auth(tests::TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 409);
+    let missing = format!("{}/api/deployments/nope/cancel", other.http);
+    let res = other
+        .client()
+        .post(&missing)
+        .bearer_auth(tests::TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    // Every peer agrees, and nobody picks it up again.
+    let list = mesh.wait_converged(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(list[0]["status"], "canceled");
+    assert!(!process_running("sleep 31.7"));
+}

@@ -24,6 +24,7 @@ pub fn routes<B: Backend>() -> Router<AppState<B>> {
     Router::new()
         .route("/api/deployments", post(create::<B>).get(list::<B>))
         .route("/api/deployments/{id}", get(show::<B>))
+        .route("/api/deployments/{id}/cancel", post(cancel::<B>))
         .route("/api/deployments/{id}/logs", get(logs::<B>))
         .route("/api/peers", get(peers::<B>))
         .route("/api/events", get(events::<B>))
@@ -109,6 +110,18 @@ async fn show<B: Backend>(
         .deployment(&id)?
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("no deployment {id}")))
+}
+
+async fn cancel<B: Backend>(
+    State(s): State<AppState<B>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<DeploymentView>, ApiError> {
+    require_admin(&*s.backend, &headers)?;
+    s.backend
+        .cancel_deployment(&id)?
+        .map(Json)
+        .ok_or_else(|| no_deployment(&id))
 }
 
 async fn logs<B: Backend>(

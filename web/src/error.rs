@@ -33,6 +33,15 @@ impl ApiError {
         }
     }
 
+    /// The request is understood but the resource is not in a state that allows it.
+    pub fn conflict(error: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::CONFLICT,
+            error,
+            detail: detail.into(),
+        }
+    }
+
     pub fn unauthorized() -> Self {
         Self {
             status: StatusCode::UNAUTHORIZED,

@@ -28,6 +28,9 @@ pub trait Backend: Send + Sync + 'static {
     /// All deployments, newest first.
     fn deployments(&self) -> Result<Vec<DeploymentView>, ApiError>;
     fn deployment(&self, id: &str) -> Result<Option<DeploymentView>, ApiError>;
+    /// Stops a queued or building deployment wherever it runs; `None` if
+    /// there is no such deployment, a conflict if it is past building.
+    fn cancel_deployment(&self, id: &str) -> Result<Option<DeploymentView>, ApiError>;
     /// The log of one deployment in order, or `None` if there is no such deployment.
     fn logs(&self, id: &str) -> Result<Option<Vec<LogLine>>, ApiError>;
     /// Live log lines and status changes of every deployment.

@@ -156,8 +156,17 @@ async fn deployment_page<B: Backend>(
              <th>Bytes</th><th>Updated</th><th>Error</th></tr></thead><tbody>{replicas}</tbody></table>"
         )
     };
+    let cancel = if matches!(d.status, crate::Status::Queued | crate::Status::Building) {
+        format!(
+            "<p><button id=cancel type=button data-deployment='{}'>Cancel deployment</button> \
+             <span id=cancel-result role=status></span></p>",
+            esc(&d.id)
+        )
+    } else {
+        String::new()
+    };
     let body = format!(
-        "<h1>{name} {badge}</h1>{error}<p><a href='{url}'>{url}</a></p><dl>{dl}</dl>\
+        "<h1>{name} {badge}</h1>{error}{cancel}<p><a href='{url}'>{url}</a></p><dl>{dl}</dl>\
          <h2>Replicas</h2><div id=replicas-box data-deployment='{id}'>{replicas}</div>\
          <h2>Log</h2><pre id=log data-deployment='{id}'></pre>",
         name = esc(&d.name),

@@ -100,3 +100,28 @@ if (replicasBox) {
     if (finals.includes(d.status)) clearInterval(timer);
   }, 1000);
 }
+
+// Cancel a queued or building deployment (needs the admin token).
+const cancelButton = document.getElementById("cancel");
+if (cancelButton) {
+  cancelButton.addEventListener("click", async () => {
+    const out = document.getElementById("cancel-result");
+    let token = localStorage.getItem("shoal-token") || "";
+    if (!token) {
+      token = prompt("Admin token") || "";
+      if (!token) return;
+      localStorage.setItem("shoal-token", token);
+    }
+    cancelButton.disabled = true;
+    const res = await fetch("/api/deployments/" + cancelButton.dataset.deployment + "/cancel", {
+      method: "POST",
+      headers: { authorization: "Bearer " + token },
+    });
+    const json = await res.json().catch(() => ({}));
+    if (res.ok) out.textContent = "Canceled.";
+    else {
+      out.textContent = (json.error || res.status) + ": " + (json.detail || "");
+      cancelButton.disabled = false;
+    }
+  });
+}
