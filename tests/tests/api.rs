@@ -129,6 +129,40 @@ async fn live_logs_stream_until_the_deployment_ends() {
         assert!(body.contains(needle), "{needle} missing from\n{body}");
     }
     assert_eq!(body.matches("tick-2").count(), 1, "no duplicates");
+
+    // A client that lost the connection after the line with tick-2 resumes
+    // right after it.
+    let ids: Vec<(&str, &str)> = body
+        .split("\n\n")
+        .filter_map(|ev| {
+            let id = ev.lines().find_map(|l| l.strip_prefix("id: "))?;
+            Some((id, ev))
+        })
+        .collect();
+    let (after, _) = ids
+        .iter()
+        .find(|(_, ev)| ev.contains("tick-2"))
+        .unwrap_or_else(|| panic!("{body}"));
+    let res = peer
+        .client()
+        .get(format!("{}/api/deployments/{id}/logs", peer.http))
+        .header("accept", "text/event-stream")
+        .header("last-event-id", *after)
+        .send()
+        .await
+        .unwrap();
+    let resumed = tokio::time::timeout(BUILD, res.text())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !resumed.contains("tick-1") && !resumed.contains("tick-2"),
+        "{resumed}"
+    );
+    assert!(
+        resumed.contains("tick-3") && resumed.contains("event: end"),
+        "{resumed}"
+    );
 }
 
 #[tokio::test]

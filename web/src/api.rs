@@ -137,9 +137,18 @@ async fn logs<B: Backend>(
         let lines = s.backend.logs(&id)?.ok_or_else(|| no_deployment(&id))?;
         return Ok(Json(lines).into_response());
     }
+    // A reconnecting client has seen every line up to `Last-Event-ID`.
+    let resume_after = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 512 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_owned);
     // Subscribe before reading the backlog so nothing falls between the two.
     let rx = s.backend.subscribe();
-    let backlog = s.backend.logs(&id)?.ok_or_else(|| no_deployment(&id))?;
+    let mut backlog = s.backend.logs(&id)?.ok_or_else(|| no_deployment(&id))?;
+    if let Some(last) = &resume_after {
+        backlog.retain(|line| line.key.as_str() > last.as_str());
+    }
     let status = s
         .backend
         .deployment(&id)?
@@ -169,8 +178,11 @@ struct Tail<B> {
 }
 
 fn log_event(line: &LogLine) -> sse::Event {
+    // The id lets a client that lost the connection resume after this line
+    // (browsers send it back as `Last-Event-ID`).
     sse::Event::default()
         .event("log")
+        .id(line.key.clone())
         .data(serde_json::to_string(line).unwrap_or_default())
 }
 
