@@ -48,6 +48,46 @@ impl NodeBackend {
             port => format!("http://{name}.{}:{port}/", self.site_domain),
         }
     }
+
+    fn view(&self, rec: &DeploymentRecord) -> DeploymentView {
+        let mut view = rec.to_view();
+        view.preview_url =
+            Some(self.live_url(&format!("{}--{}", preview_prefix(&rec.id), rec.name)));
+        view
+    }
+
+    /// The unpacked version a preview label (`<prefix>--<name>`) names: the
+    /// newest deployment of `name` whose id or commit starts with `prefix`
+    /// (8 or more characters), if this peer holds it.
+    fn preview_root(&self, label: &str) -> Option<PathBuf> {
+        let (prefix, name) = label.split_once("--")?;
+        validate::name(name).ok()?;
+        let prefix = prefix.to_ascii_lowercase();
+        if prefix.len() < PREVIEW_PREFIX || !prefix.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return None;
+        }
+        self.state
+            .deployments()
+            .ok()?
+            .into_iter()
+            .filter(|r| r.name == name)
+            .filter(|r| {
+                r.id.to_ascii_lowercase().starts_with(&prefix)
+                    || r.commit.as_deref().is_some_and(|c| c.starts_with(&prefix))
+            })
+            .map(|r| self.sites.version_dir(name, &r.id))
+            .find(|dir| dir.is_dir())
+    }
+}
+
+/// Characters of a deployment id (or commit) in its preview host.
+const PREVIEW_PREFIX: usize = 8;
+
+fn preview_prefix(id: &str) -> String {
+    id.chars()
+        .take(PREVIEW_PREFIX)
+        .collect::<String>()
+        .to_ascii_lowercase()
 }
 
 impl web::Backend for NodeBackend {
@@ -90,7 +130,7 @@ impl web::Backend for NodeBackend {
                     && d.commit == commit
             });
         if let Some(existing) = in_flight {
-            return Ok(existing.to_view());
+            return Ok(self.view(&existing));
         }
         let now = self.state.now_ms();
         let rec = DeploymentRecord {
@@ -120,7 +160,7 @@ impl web::Backend for NodeBackend {
             &format!("queued by peer {}", self.state.peer),
         );
         let _ = self.wake.try_send(());
-        Ok(rec.to_view())
+        Ok(self.view(&rec))
     }
 
     fn deployments(&self) -> Result<Vec<DeploymentView>, ApiError> {
@@ -129,7 +169,7 @@ impl web::Backend for NodeBackend {
             .deployments()
             .map_err(internal)?
             .iter()
-            .map(DeploymentRecord::to_view)
+            .map(|r| self.view(r))
             .collect())
     }
 
@@ -137,7 +177,7 @@ impl web::Backend for NodeBackend {
         let Some(rec) = self.state.deployment(id).map_err(internal)? else {
             return Ok(None);
         };
-        let mut view = rec.to_view();
+        let mut view = self.view(&rec);
         let info = self.info.borrow().clone();
         let names: std::collections::HashMap<String, String> = self
             .members
@@ -192,7 +232,7 @@ impl web::Backend for NodeBackend {
                 }
             })
             .map_err(internal)?;
-        Ok(updated.map(|r| r.to_view()))
+        Ok(updated.map(|r| self.view(&r)))
     }
 
     fn logs(&self, id: &str) -> Result<Option<Vec<LogLine>>, ApiError> {
@@ -233,6 +273,9 @@ impl web::Backend for NodeBackend {
     }
 
     fn site_root(&self, name: &str) -> Option<PathBuf> {
+        if name.contains("--") {
+            return self.preview_root(name);
+        }
         validate::name(name).ok()?;
         self.sites.current_dir(name)
     }

@@ -95,6 +95,7 @@ impl DeploymentRecord {
             epoch: self.epoch,
             artifact: self.artifact.clone(),
             live_url: self.live_url.clone(),
+            preview_url: None,
             created_at: rfc3339(self.created_at_ms),
             updated_at: rfc3339(self.stamp.wall_ms),
             built_at: (self.built_at_ms > 0).then(|| rfc3339(self.built_at_ms)),

@@ -425,6 +425,29 @@ async fn old_versions_beyond_the_kept_ones_are_collected_everywhere() {
         );
     }
     wait_served(&mesh, "gc", "/", b"v3", Duration::from_secs(1)).await;
+    // Kept versions stay reachable at their preview hosts on every peer
+    // (by id or by commit); collected ones are gone.
+    let previous = mesh.peers[0].deployment(&ids[2]).await.unwrap();
+    let latest = mesh.peers[0].deployment(&ids[3]).await.unwrap();
+    let oldest = mesh.peers[0].deployment(&ids[0]).await.unwrap();
+    let label = |url: &Value| {
+        let url = url.as_str().unwrap();
+        url["http://".len()..url.find(".localhost").unwrap()].to_owned()
+    };
+    let by_commit = |d: &Value| format!("{}--gc", &d["commit"].as_str().unwrap()[..10]);
+    for peer in &mesh.peers {
+        assert_eq!(
+            peer.site_bytes(&label(&latest["preview_url"]), "/")
+                .await
+                .unwrap(),
+            b"v3"
+        );
+        assert_eq!(
+            peer.site_bytes(&by_commit(&previous), "/").await.unwrap(),
+            b"v2"
+        );
+        assert!(peer.site_bytes(&by_commit(&oldest), "/").await.is_none());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

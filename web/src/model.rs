@@ -65,6 +65,10 @@ pub struct DeploymentView {
     pub epoch: u64,
     pub artifact: Option<String>,
     pub live_url: String,
+    /// This very deployment, served by every peer that holds it, whether or
+    /// not it is live: `http://<first 8 of id>--<name>.<site-domain>/`.
+    #[serde(default)]
+    pub preview_url: Option<String>,
     /// RFC 3339 UTC.
     pub created_at: String,
     /// RFC 3339 UTC.

@@ -166,12 +166,14 @@ async fn deployment_page<B: Backend>(
         String::new()
     };
     let body = format!(
-        "<h1>{name} {badge}</h1>{error}{cancel}<p><a href='{url}'>{url}</a></p><dl>{dl}</dl>\
+        "<h1>{name} {badge}</h1>{error}{cancel}<p><a href='{url}'>{url}</a></p>\
+         <p>This version: <a id=preview href='{preview}'>{preview}</a></p><dl>{dl}</dl>\
          <h2>Replicas</h2><div id=replicas-box data-deployment='{id}'>{replicas}</div>\
          <h2>Log</h2><pre id=log data-deployment='{id}'></pre>",
         name = esc(&d.name),
         badge = badge(&d),
         url = esc(&d.live_url),
+        preview = esc(d.preview_url.as_deref().unwrap_or("")),
         id = esc(&d.id),
     );
     Ok(page(&d.name, &body))
