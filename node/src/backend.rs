@@ -2,7 +2,7 @@
 //! reads of the replicated tables, and the sites being served.
 
 use crate::metrics::NodeMetrics;
-use crate::model::DeploymentRecord;
+use crate::model::{DeploymentRecord, Project};
 use crate::site::Sites;
 use crate::state::{Level, State};
 use crate::validate;
@@ -80,6 +80,42 @@ impl NodeBackend {
     }
 }
 
+impl NodeBackend {
+    /// Deployments with the same name belong to one project: the first
+    /// creates it, a later one from another repository moves it there.
+    fn ensure_project(&self, rec: &DeploymentRecord) -> Result<(), p2p::StoreError> {
+        match self.state.project(&rec.name)? {
+            Some(p) if p.repo_url == rec.repo_url => Ok(()),
+            Some(mut p) => {
+                p.repo_url = rec.repo_url.clone();
+                self.state.put_project(p).map(|_| ())
+            }
+            None => self
+                .state
+                .put_project(Project {
+                    name: rec.name.clone(),
+                    repo_url: rec.repo_url.clone(),
+                    current_deployment: None,
+                    auto_deploy: false,
+                    stamp: Hlc::default(),
+                    writer: String::new(),
+                    pinned: false,
+                })
+                .map(|_| ()),
+        }
+    }
+
+    fn project_view(&self, project: &Project, rows: &[DeploymentRecord]) -> web::ProjectView {
+        web::ProjectView {
+            name: project.name.clone(),
+            repo_url: project.repo_url.clone(),
+            current_deployment: crate::distribute::live_target(project, rows).map(|r| r.id.clone()),
+            pinned: project.pinned,
+            updated_at: crate::model::rfc3339(project.stamp.wall_ms),
+        }
+    }
+}
+
 /// Characters of a deployment id (or commit) in its preview host.
 const PREVIEW_PREFIX: usize = 8;
 
@@ -153,6 +189,7 @@ impl web::Backend for NodeBackend {
             writer: String::new(),
         };
         let rec = self.state.put(rec).map_err(internal)?;
+        self.ensure_project(&rec).map_err(internal)?;
         self.state.log(
             &rec.id,
             "queue",
@@ -233,6 +270,90 @@ impl web::Backend for NodeBackend {
             })
             .map_err(internal)?;
         Ok(updated.map(|r| self.view(&r)))
+    }
+
+    fn projects(&self) -> Result<Vec<web::ProjectView>, ApiError> {
+        let rows = self.state.deployments().map_err(internal)?;
+        Ok(self
+            .state
+            .projects()
+            .map_err(internal)?
+            .iter()
+            .map(|p| self.project_view(p, &rows))
+            .collect())
+    }
+
+    fn project(&self, name: &str) -> Result<Option<web::ProjectView>, ApiError> {
+        let Some(project) = self.state.project(name).map_err(internal)? else {
+            return Ok(None);
+        };
+        let rows = self.state.deployments().map_err(internal)?;
+        Ok(Some(self.project_view(&project, &rows)))
+    }
+
+    fn set_current(
+        &self,
+        name: &str,
+        req: web::SetCurrent,
+        verb: &str,
+    ) -> Result<Option<web::ProjectView>, ApiError> {
+        let Some(mut project) = self.state.project(name).map_err(internal)? else {
+            return Ok(None);
+        };
+        let id = req.deployment_id.trim();
+        let rows = self.state.deployments().map_err(internal)?;
+        let Some(target) = rows.iter().find(|r| r.id == id && r.name == name) else {
+            return Err(ApiError::not_found(format!(
+                "project {name} has no deployment {id}"
+            )));
+        };
+        if target.status != Status::Success {
+            return Err(ApiError::conflict(
+                "not_successful",
+                format!(
+                    "deployment {id} is {}; only successful deployments can be made current",
+                    target.status.as_str()
+                ),
+            ));
+        }
+        let held = self
+            .state
+            .replicas(id)
+            .map_err(internal)?
+            .iter()
+            .any(|r| r.state == crate::model::ReplicaState::Complete);
+        if !held {
+            return Err(ApiError::conflict(
+                "not_held",
+                format!("no peer holds deployment {id} any more (only the last deployments of each site are kept)"),
+            ));
+        }
+        let before = crate::distribute::live_target(&project, &rows).map(|r| r.id.clone());
+        let newest = rows
+            .iter()
+            .find(|r| r.name == name && r.status == Status::Success)
+            .map(|r| r.id.clone());
+        // Choosing the newest successful deployment resumes following new
+        // ones; anything else stays put until the next rollback or promote.
+        project.pinned = newest.as_deref() != Some(id);
+        project.current_deployment = Some(id.to_owned());
+        let project = self.state.put_project(project).map_err(internal)?;
+        self.state.log(
+            id,
+            "live",
+            Level::Info,
+            &format!(
+                "{verb} on peer {}: every peer switches from {} to this deployment{}",
+                self.state.peer,
+                before.as_deref().unwrap_or("nothing"),
+                if project.pinned {
+                    " (pinned: newer deployments will not replace it until promoted)"
+                } else {
+                    ""
+                }
+            ),
+        );
+        Ok(Some(self.project_view(&project, &rows)))
     }
 
     fn logs(&self, id: &str) -> Result<Option<Vec<LogLine>>, ApiError> {

@@ -12,7 +12,7 @@
 //! deployments of each site (for rollback) and whatever is in flight.
 
 use crate::build::Logger;
-use crate::model::{DeploymentFile, DeploymentRecord, ReplicaState};
+use crate::model::{DeploymentFile, DeploymentRecord, Project, ReplicaState};
 use crate::site::UnpackLimits;
 use crate::state::Level;
 use crate::worker::Shared;
@@ -127,7 +127,8 @@ impl Distributor {
         }
         // Read again: the advance may have just made something a success.
         let rows = state.deployments()?;
-        let targets = live_targets(&rows);
+        let projects = state.projects()?;
+        let targets = live_targets(&rows, &projects);
         let mut wanted = HashSet::new();
         for rec in &rows {
             let Some(artifact) = rec.artifact.as_deref() else {
@@ -371,9 +372,24 @@ impl Distributor {
             log.line(Level::Error, reason);
         }
         if status == Status::Success {
-            // Switch here first, so that whoever sees `success` on this peer
-            // is served the new version by it.
-            self.switch(&rec.name, &rec.id);
+            let pinned = self
+                .shared
+                .state
+                .project(&rec.name)
+                .ok()
+                .flatten()
+                .filter(|p| p.pinned)
+                .and_then(|p| p.current_deployment)
+                .filter(|current| *current != rec.id);
+            match pinned {
+                Some(current) => log.info(&format!(
+                    "not made live: site {} is pinned to deployment {current} (promote this one to serve it)",
+                    rec.name
+                )),
+                // Switch here first, so that whoever sees `success` on this
+                // peer is served the new version by it.
+                None => self.switch(&rec.name, &rec.id),
+            }
         }
         self.shared.state.update(&rec.id, |r| {
             if r.epoch == rec.epoch && matches!(r.status, Status::Built | Status::Distributed) {
@@ -395,6 +411,11 @@ impl Distributor {
             return;
         };
         let mut keep: HashSet<String> = HashSet::new();
+        for project in state.projects().unwrap_or_default() {
+            if let Some(target) = live_target(&project, &rows) {
+                keep.insert(target.id.clone());
+            }
+        }
         let mut kept_per_site: HashMap<&str, usize> = HashMap::new();
         for rec in &rows {
             let keep_it = match rec.status {
@@ -473,13 +494,40 @@ fn requeue(state: &crate::state::State, rec: &DeploymentRecord) -> Result<(), p2
     Ok(())
 }
 
-/// The deployment each site should serve: its newest successful one.
-fn live_targets(rows: &[DeploymentRecord]) -> HashMap<&str, &str> {
+/// The deployment a site should serve: its pinned one (rollback, promote)
+/// while that is successful, else its newest successful one. `rows` come
+/// newest first.
+pub fn live_target<'a>(
+    project: &Project,
+    rows: &'a [DeploymentRecord],
+) -> Option<&'a DeploymentRecord> {
+    let servable = |r: &&DeploymentRecord| r.status == Status::Success && r.artifact.is_some();
+    let pinned = project
+        .current_deployment
+        .as_deref()
+        .filter(|_| project.pinned)
+        .and_then(|id| rows.iter().filter(servable).find(|r| r.id == id));
+    pinned.or_else(|| {
+        rows.iter()
+            .filter(servable)
+            .find(|r| r.name == project.name)
+    })
+}
+
+/// The deployment each site should serve, by site name.
+fn live_targets<'a>(
+    rows: &'a [DeploymentRecord],
+    projects: &[Project],
+) -> HashMap<&'a str, &'a str> {
     let mut out = HashMap::new();
     for rec in rows {
-        // Rows come newest first.
         if rec.status == Status::Success && rec.artifact.is_some() {
             out.entry(rec.name.as_str()).or_insert(rec.id.as_str());
+        }
+    }
+    for project in projects {
+        if let Some(target) = live_target(project, rows) {
+            out.insert(target.name.as_str(), target.id.as_str());
         }
     }
     out

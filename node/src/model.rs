@@ -212,10 +212,15 @@ impl Merge for DeploymentFile {
 pub struct Project {
     pub name: String,
     pub repo_url: String,
+    /// The deployment served when `pinned` (set by a rollback or a promote).
     pub current_deployment: Option<String>,
     pub auto_deploy: bool,
     pub stamp: Hlc,
     pub writer: String,
+    /// Serve `current_deployment` even when newer successful deployments
+    /// exist; otherwise the newest successful one is served.
+    #[serde(default)]
+    pub pinned: bool,
 }
 
 impl Merge for Project {
@@ -337,7 +342,7 @@ mod tests {
     }
     prop_compose! {
         fn project()(current in proptest::option::of("[xy]"), auto in any::<bool>(), stamp in stamp(), writer in "[ab]") -> Project {
-            Project { name: "n".into(), repo_url: "r".into(), current_deployment: current, auto_deploy: auto, stamp, writer }
+            Project { name: "n".into(), repo_url: "r".into(), current_deployment: current, auto_deploy: auto, stamp, writer, pinned: auto }
         }
     }
     prop_compose! {

@@ -29,8 +29,7 @@ pub struct State {
     logs: Table<LogRecord>,
     /// What each peer holds of each deployment.
     files: Table<DeploymentFile>,
-    /// Replicated now; written by projects and rollback.
-    #[allow(dead_code)]
+    /// Sites: repository, and which deployment is pinned as current.
     projects: Table<Project>,
     events: broadcast::Sender<Event>,
     /// Bumped on every change of a deployment or a replica (from anywhere).
@@ -91,7 +90,10 @@ impl State {
         let changes = tokio::sync::watch::channel(0u64).0;
         let (tx, c, ch) = (events.clone(), clock.clone(), changes.clone());
         store.listen(Arc::new(move |change: &Change| {
-            if matches!(&*change.table, "deployments" | "deployment_files") {
+            if matches!(
+                &*change.table,
+                "deployments" | "deployment_files" | "projects"
+            ) {
                 ch.send_modify(|n| *n = n.wrapping_add(1));
             }
             if let Some(ev) = event_for(change, &c) {
@@ -120,9 +122,36 @@ impl State {
         self.events.subscribe()
     }
 
-    /// Wakes on every change of a deployment or a replica.
+    /// Wakes on every change of a deployment, a replica or a project.
     pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    pub fn project(&self, name: &str) -> Result<Option<Project>, StoreError> {
+        self.projects.get(name.as_bytes())
+    }
+
+    /// Every project, by name.
+    pub fn projects(&self) -> Result<Vec<Project>, StoreError> {
+        Ok(self
+            .projects
+            .scan_prefix(b"")?
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect())
+    }
+
+    /// Writes a project row stamped by this peer, durably (it is desired
+    /// state every peer reconciles towards).
+    pub fn put_project(&self, mut project: Project) -> Result<Project, StoreError> {
+        project.stamp = self.clock.now();
+        project.writer = self.peer.clone();
+        let key = project.name.clone();
+        let (merged, changed) = self.projects.merge(key.as_bytes(), project)?;
+        if changed {
+            tokio::task::block_in_place(|| self.store.flush_now())?;
+        }
+        Ok(merged)
     }
 
     /// Writes this peer's replica row (stamped here; single writer).

@@ -26,6 +26,10 @@ pub fn routes<B: Backend>() -> Router<AppState<B>> {
         .route("/api/deployments/{id}", get(show::<B>))
         .route("/api/deployments/{id}/cancel", post(cancel::<B>))
         .route("/api/deployments/{id}/logs", get(logs::<B>))
+        .route("/api/projects", get(projects::<B>))
+        .route("/api/projects/{name}", get(project::<B>))
+        .route("/api/projects/{name}/rollback", post(rollback::<B>))
+        .route("/api/projects/{name}/promote", post(promote::<B>))
         .route("/api/peers", get(peers::<B>))
         .route("/api/events", get(events::<B>))
         .route("/api/openapi.json", get(openapi))
@@ -110,6 +114,55 @@ async fn show<B: Backend>(
         .deployment(&id)?
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("no deployment {id}")))
+}
+
+async fn projects<B: Backend>(
+    State(s): State<AppState<B>>,
+) -> Result<Json<Vec<crate::ProjectView>>, ApiError> {
+    Ok(Json(s.backend.projects()?))
+}
+
+async fn project<B: Backend>(
+    State(s): State<AppState<B>>,
+    Path(name): Path<String>,
+) -> Result<Json<crate::ProjectView>, ApiError> {
+    s.backend
+        .project(&name)?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no project {name}")))
+}
+
+async fn rollback<B: Backend>(
+    state: State<AppState<B>>,
+    path: Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<crate::SetCurrent>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<crate::ProjectView>, ApiError> {
+    set_current(state, path, headers, body, "rollback")
+}
+
+async fn promote<B: Backend>(
+    state: State<AppState<B>>,
+    path: Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<crate::SetCurrent>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<crate::ProjectView>, ApiError> {
+    set_current(state, path, headers, body, "promote")
+}
+
+fn set_current<B: Backend>(
+    State(s): State<AppState<B>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<crate::SetCurrent>, axum::extract::rejection::JsonRejection>,
+    verb: &str,
+) -> Result<Json<crate::ProjectView>, ApiError> {
+    require_admin(&*s.backend, &headers)?;
+    let Json(req) = body?;
+    s.backend
+        .set_current(&name, req, verb)?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no project {name}")))
 }
 
 async fn cancel<B: Backend>(

@@ -14,7 +14,10 @@ mod ui;
 
 pub use error::ApiError;
 pub use metrics::HttpMetrics;
-pub use model::{DeploymentView, Event, LogLine, NewDeployment, PeerInfo, ReplicaView, Status};
+pub use model::{
+    DeploymentView, Event, LogLine, NewDeployment, PeerInfo, ProjectView, ReplicaView, SetCurrent,
+    Status,
+};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,6 +34,17 @@ pub trait Backend: Send + Sync + 'static {
     /// Stops a queued or building deployment wherever it runs; `None` if
     /// there is no such deployment, a conflict if it is past building.
     fn cancel_deployment(&self, id: &str) -> Result<Option<DeploymentView>, ApiError>;
+    /// Every project, by name.
+    fn projects(&self) -> Result<Vec<ProjectView>, ApiError>;
+    fn project(&self, name: &str) -> Result<Option<ProjectView>, ApiError>;
+    /// Makes an earlier (rollback) or later (promote) successful deployment
+    /// the one every peer serves for `name`; `None` if there is no such project.
+    fn set_current(
+        &self,
+        name: &str,
+        req: SetCurrent,
+        verb: &str,
+    ) -> Result<Option<ProjectView>, ApiError>;
     /// The log of one deployment in order, or `None` if there is no such deployment.
     fn logs(&self, id: &str) -> Result<Option<Vec<LogLine>>, ApiError>;
     /// Live log lines and status changes of every deployment.

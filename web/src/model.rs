@@ -82,6 +82,27 @@ pub struct DeploymentView {
     pub replicas: Vec<ReplicaView>,
 }
 
+/// A site: its repository and the deployment it serves.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProjectView {
+    pub name: String,
+    pub repo_url: String,
+    /// The deployment served now (the pinned one, or the newest successful one).
+    pub current_deployment: Option<String>,
+    /// Whether `current_deployment` was chosen by a rollback or a promote and
+    /// stays served when newer deployments succeed.
+    pub pinned: bool,
+    /// RFC 3339 UTC.
+    pub updated_at: String,
+}
+
+/// The body of `POST /api/projects/{name}/rollback` and `/promote`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetCurrent {
+    pub deployment_id: String,
+}
+
 /// One peer's copy of a deployment's artifact.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ReplicaView {

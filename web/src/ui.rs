@@ -156,6 +156,27 @@ async fn deployment_page<B: Backend>(
              <th>Bytes</th><th>Updated</th><th>Error</th></tr></thead><tbody>{replicas}</tbody></table>"
         )
     };
+    let current = s
+        .backend
+        .project(&d.name)?
+        .and_then(|p| p.current_deployment);
+    let make_live = match current.as_deref() {
+        Some(cur) if d.status == crate::Status::Success && cur != d.id => {
+            let (verb, label) = if d.id.as_str() < cur {
+                ("rollback", "Roll back to this version")
+            } else {
+                ("promote", "Promote this version")
+            };
+            format!(
+                "<p><button id=make-live type=button data-project='{name}' data-deployment='{id}' \
+                 data-verb={verb}>{label}</button> <span id=make-live-result role=status></span></p>",
+                name = esc(&d.name),
+                id = esc(&d.id),
+            )
+        }
+        Some(cur) if cur == d.id => "<p><strong>This version is live.</strong></p>".to_owned(),
+        _ => String::new(),
+    };
     let cancel = if matches!(d.status, crate::Status::Queued | crate::Status::Building) {
         format!(
             "<p><button id=cancel type=button data-deployment='{}'>Cancel deployment</button> \
@@ -166,7 +187,7 @@ async fn deployment_page<B: Backend>(
         String::new()
     };
     let body = format!(
-        "<h1>{name} {badge}</h1>{error}{cancel}<p><a href='{url}'>{url}</a></p>\
+        "<h1>{name} {badge}</h1>{error}{cancel}{make_live}<p><a href='{url}'>{url}</a></p>\
          <p>This version: <a id=preview href='{preview}'>{preview}</a></p><dl>{dl}</dl>\
          <h2>Replicas</h2><div id=replicas-box data-deployment='{id}'>{replicas}</div>\
          <h2>Log</h2><pre id=log data-deployment='{id}'></pre>",

@@ -125,3 +125,30 @@ if (cancelButton) {
     }
   });
 }
+
+// Roll back to, or promote, a successful version (needs the admin token).
+const makeLive = document.getElementById("make-live");
+if (makeLive) {
+  makeLive.addEventListener("click", async () => {
+    const out = document.getElementById("make-live-result");
+    let token = localStorage.getItem("shoal-token") || "";
+    if (!token) {
+      token = prompt("Admin token") || "";
+      if (!token) return;
+      localStorage.setItem("shoal-token", token);
+    }
+    makeLive.disabled = true;
+    const { project, deployment, verb } = makeLive.dataset;
+    const res = await fetch("/api/projects/" + project + "/" + verb, {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: "Bearer " + token },
+      body: JSON.stringify({ deployment_id: deployment }),
+    });
+    const json = await res.json().catch(() => ({}));
+    if (res.ok) out.textContent = "Every peer switches to this version now.";
+    else {
+      out.textContent = (json.error || res.status) + ": " + (json.detail || "");
+      makeLive.disabled = false;
+    }
+  });
+}

@@ -1,0 +1,169 @@
+//! Projects, rollback and promote: replicated desired state that every peer
+//! reconciles towards, without rebuilding.
+
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+use serde_json::{json, Value};
+use std::time::Duration;
+use tests::{wait_until, Mesh, Peer, Repo, TOKEN};
+
+async fn post(peer: &Peer, path: &str, body: &Value) -> (u16, Value) {
+    let res = peer
+        .client()
+        .post(format!("{}{path}", peer.http))
+        .bearer_auth(TOKEN)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+async fn wait_serving(peer: &Peer, want: &[u8]) {
+    wait_until(
+        &format!(
+            "peer {} to serve {:?}",
+            peer.id,
+            String::from_utf8_lossy(want)
+        ),
+        Duration::from_secs(15),
+        || async { (peer.site_bytes("roll", "/").await? == want).then_some(()) },
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rollback_and_promote_switch_every_peer_without_a_rebuild() {
+    let mut mesh = Mesh::start(3).await.unwrap();
+    let repo = Repo::new(&[("index.html", b"v1")]).unwrap();
+    let (v1, d) = mesh.peers[0]
+        .deploy_and_wait(repo.path(), "roll")
+        .await
+        .unwrap();
+    assert_eq!(d["status"], "success", "{d}");
+    repo.commit(&[("index.html", b"v2")], "v2").unwrap();
+    let (v2, d) = mesh.peers[1]
+        .deploy_and_wait(repo.path(), "roll")
+        .await
+        .unwrap();
+    assert_eq!(d["status"], "success", "{d}");
+    for peer in &mesh.peers {
+        wait_serving(peer, b"v2").await;
+    }
+    let project = mesh.peers[2].get_json("/api/projects/roll").await.unwrap();
+    assert_eq!(project["current_deployment"], v2.as_str());
+    assert_eq!(project["pinned"], false);
+    assert_eq!(project["repo_url"], repo.path().to_str().unwrap());
+
+    // Peer 2 is down while the site is rolled back; it catches up later.
+    mesh.peers[2].stop(true).unwrap();
+    let (status, project) = post(
+        &mesh.peers[0],
+        "/api/projects/roll/rollback",
+        &json!({"deployment_id": v1}),
+    )
+    .await;
+    assert_eq!(status, 200, "{project}");
+    assert_eq!(project["current_deployment"], v1.as_str());
+    assert_eq!(project["pinned"], true);
+    for peer in &mesh.peers[..2] {
+        wait_serving(peer, b"v1").await;
+    }
+    mesh.peers[2].restart(true).await.unwrap();
+    wait_serving(&mesh.peers[2], b"v1").await;
+
+    // A new deployment succeeds but stays off while the project is pinned.
+    repo.commit(&[("index.html", b"v3")], "v3").unwrap();
+    let (v3, d) = mesh.peers[2]
+        .deploy_and_wait(repo.path(), "roll")
+        .await
+        .unwrap();
+    assert_eq!(d["status"], "success", "{d}");
+    let log = mesh.peers[0].log_text(&v3).await.unwrap();
+    assert!(log.contains("not made live: site roll is pinned"), "{log}");
+    for peer in &mesh.peers {
+        assert_eq!(peer.site_bytes("roll", "/").await.unwrap(), b"v1");
+    }
+    // The deployment page offers to promote it.
+    let page = mesh.peers[1].page(&format!("/deployments/{v3}")).await;
+    assert!(page.contains("data-verb=promote"), "{page}");
+    let page = mesh.peers[1].page(&format!("/deployments/{v2}")).await;
+    assert!(page.contains("data-verb=promote"), "{page}");
+
+    // Promoting the newest unpins: later deployments go live again.
+    let (status, project) = post(
+        &mesh.peers[1],
+        "/api/projects/roll/promote",
+        &json!({"deployment_id": v3}),
+    )
+    .await;
+    assert_eq!(status, 200, "{project}");
+    assert_eq!(project["pinned"], false);
+    for peer in &mesh.peers {
+        wait_serving(peer, b"v3").await;
+    }
+    // Nothing was built again: three deployments, three builds.
+    let mut packs = 0;
+    for id in [&v1, &v2, &v3] {
+        packs += mesh.peers[0]
+            .log_text(id)
+            .await
+            .unwrap()
+            .matches("[pack] packed")
+            .count();
+    }
+    assert_eq!(packs, 3);
+    let log = mesh.peers[0].log_text(&v1).await.unwrap();
+    assert!(log.contains("rollback on peer"), "{log}");
+
+    // Only successful deployments of this project can be made current.
+    let bad = Repo::new(&[("shoal.toml", b"[build]\ncommand = \"exit 3\"\n")]).unwrap();
+    let (failed, d) = mesh.peers[0]
+        .deploy_and_wait(bad.path(), "roll")
+        .await
+        .unwrap();
+    assert_eq!(d["status"], "buildFailed");
+    let (status, body) = post(
+        &mesh.peers[0],
+        "/api/projects/roll/rollback",
+        &json!({"deployment_id": failed}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (409, Some("not_successful"))
+    );
+    let (status, _) = post(
+        &mesh.peers[0],
+        "/api/projects/roll/rollback",
+        &json!({"deployment_id": "nope"}),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _) = post(
+        &mesh.peers[0],
+        "/api/projects/none/rollback",
+        &json!({"deployment_id": v1}),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _) = post(
+        &mesh.peers[0],
+        "/api/projects/roll/rollback",
+        &json!({"x": 1}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let res = mesh.peers[0]
+        .client()
+        .post(format!("{}/api/projects/roll/rollback", mesh.peers[0].http))
+        .json(&json!({"deployment_id": v1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let all = mesh.peers[1].get_json("/api/projects").await.unwrap();
+    assert_eq!(all.as_array().unwrap().len(), 1, "{all}");
+}
