@@ -51,8 +51,12 @@ impl NodeBackend {
 
     fn view(&self, rec: &DeploymentRecord) -> DeploymentView {
         let mut view = rec.to_view();
-        view.preview_url =
-            Some(self.live_url(&format!("{}--{}", preview_prefix(&rec.id), rec.name)));
+        // Derived from the stored live URL, so that every peer shows the same.
+        view.preview_url = Some(rec.live_url.replacen(
+            &format!("://{}.", rec.name),
+            &format!("://{}--{}.", preview_prefix(&rec.id), rec.name),
+            1,
+        ));
         view
     }
 

@@ -104,17 +104,22 @@ async fn rollback_and_promote_switch_every_peer_without_a_rebuild() {
     for peer in &mesh.peers {
         wait_serving(peer, b"v3").await;
     }
-    // Nothing was built again: three deployments, three builds.
-    let mut packs = 0;
-    for id in [&v1, &v2, &v3] {
-        packs += mesh.peers[0]
-            .log_text(id)
-            .await
-            .unwrap()
-            .matches("[pack] packed")
-            .count();
-    }
-    assert_eq!(packs, 3);
+    // Nothing was built again: three deployments, three builds (logs may
+    // take a moment to reach peer 0 from the restarted peer).
+    wait_until(
+        "three builds in the logs",
+        Duration::from_secs(10),
+        || async {
+            let logs = logs_of(&mesh.peers[0], [&v1, &v2, &v3]).await;
+            let packs: usize = logs
+                .iter()
+                .map(|l| l.matches("[pack] packed").count())
+                .sum();
+            (packs == 3).then_some(())
+        },
+    )
+    .await
+    .unwrap();
     let log = mesh.peers[0].log_text(&v1).await.unwrap();
     assert!(log.contains("rollback on peer"), "{log}");
 
@@ -166,4 +171,12 @@ async fn rollback_and_promote_switch_every_peer_without_a_rebuild() {
     assert_eq!(res.status(), 401);
     let all = mesh.peers[1].get_json("/api/projects").await.unwrap();
     assert_eq!(all.as_array().unwrap().len(), 1, "{all}");
+}
+
+async fn logs_of(peer: &Peer, ids: [&String; 3]) -> Vec<String> {
+    let mut out = Vec::new();
+    for id in ids {
+        out.push(peer.log_text(id).await.unwrap());
+    }
+    out
 }
