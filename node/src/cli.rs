@@ -1,6 +1,8 @@
 //! The client commands: talk to any peer's API like a user would.
 
-use crate::config::{ClientArgs, DeployArgs, LogsArgs, StatusArgs};
+use crate::config::{
+    ClientArgs, DeployArgs, IdArgs, LogsArgs, PeersArgs, SetCurrentArgs, StatusArgs,
+};
 use anyhow::{bail, Context};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
@@ -27,12 +29,84 @@ async fn check(res: reqwest::Response) -> anyhow::Result<Value> {
     bail!("{status}: {error}: {detail}")
 }
 
-pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
-    let token = args
-        .client
-        .token
+fn token(c: &ClientArgs) -> anyhow::Result<String> {
+    c.token
         .clone()
-        .context("a token is needed: pass --token or set SHOAL_TOKEN")?;
+        .context("a token is needed: pass --token or set SHOAL_TOKEN")
+}
+
+pub async fn cancel(args: IdArgs) -> anyhow::Result<()> {
+    let path = format!("/api/deployments/{}/cancel", args.id);
+    let res = client()?
+        .post(url(&args.client, &path))
+        .bearer_auth(token(&args.client)?)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {}", args.client.peer))?;
+    let dep = check(res).await?;
+    println!(
+        "deployment {} {}",
+        args.id,
+        dep["status"].as_str().unwrap_or("")
+    );
+    Ok(())
+}
+
+pub async fn set_current(args: SetCurrentArgs, verb: &str) -> anyhow::Result<()> {
+    let path = format!("/api/projects/{}/{verb}", args.name);
+    let res = client()?
+        .post(url(&args.client, &path))
+        .bearer_auth(token(&args.client)?)
+        .json(&json!({"deployment_id": args.deployment}))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {}", args.client.peer))?;
+    let project = check(res).await?;
+    println!(
+        "{}: every peer now serves deployment {}{}",
+        args.name,
+        project["current_deployment"].as_str().unwrap_or(""),
+        if project["pinned"] == true {
+            " (pinned)"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
+
+pub async fn peers(args: PeersArgs) -> anyhow::Result<()> {
+    let list = check(
+        client()?
+            .get(url(&args.client, "/api/peers"))
+            .send()
+            .await?,
+    )
+    .await?;
+    println!(
+        "{:<54} {:<16} {:<10} {:>5}  STATE",
+        "PEER", "NAME", "REGION", "LOAD"
+    );
+    for p in list.as_array().into_iter().flatten() {
+        let state = if p["alive"] == true { "alive" } else { "dead" };
+        println!(
+            "{:<54} {:<16} {:<10} {:>5.2}  {state}{}",
+            p["id"].as_str().unwrap_or(""),
+            p["name"].as_str().unwrap_or(""),
+            p["region"].as_str().unwrap_or(""),
+            p["load"].as_f64().unwrap_or(0.0),
+            if p["self"] == true {
+                " (this peer)"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}
+
+pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
+    let token = token(&args.client)?;
     let body = json!({"repo_url": args.repo_url, "name": args.name, "ref": args.git_ref, "commit": args.commit});
     let res = client()?
         .post(url(&args.client, "/api/deployments"))

@@ -26,6 +26,14 @@ pub enum Command {
     Status(StatusArgs),
     /// Print the log of a deployment.
     Logs(LogsArgs),
+    /// Stop a queued or building deployment.
+    Cancel(IdArgs),
+    /// Serve an earlier successful deployment of a site on every peer.
+    Rollback(SetCurrentArgs),
+    /// Serve a later successful deployment of a site on every peer.
+    Promote(SetCurrentArgs),
+    /// List the peers of the mesh.
+    Peers(PeersArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -159,6 +167,29 @@ pub struct LogsArgs {
     /// Keep following until the deployment ends.
     #[arg(short, long)]
     pub follow: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct IdArgs {
+    pub id: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SetCurrentArgs {
+    /// The site (project) name.
+    pub name: String,
+    /// The deployment to serve.
+    pub deployment: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PeersArgs {
     #[command(flatten)]
     pub client: ClientArgs,
 }

@@ -39,6 +39,10 @@ async fn main() -> std::process::ExitCode {
         Command::Deploy(args) => cli::deploy(args).await,
         Command::Status(args) => cli::status(args).await,
         Command::Logs(args) => cli::logs(args).await,
+        Command::Cancel(args) => cli::cancel(args).await,
+        Command::Rollback(args) => cli::set_current(args, "rollback").await,
+        Command::Promote(args) => cli::set_current(args, "promote").await,
+        Command::Peers(args) => cli::peers(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -289,16 +289,28 @@ async fn a_queued_deployment_is_canceled_before_it_is_built() {
     assert_eq!(d["status"], "queued", "{d}");
     let page = peer.page(&format!("/deployments/{second}")).await;
     assert!(page.contains("id=cancel"), "a cancel button: {page}");
-    for id in [&second, &first] {
-        let res = peer
-            .client()
-            .post(format!("{}/api/deployments/{id}/cancel", peer.http))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 200);
-    }
+    let res = peer
+        .client()
+        .post(format!("{}/api/deployments/{second}/cancel", peer.http))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    // The running one through the CLI.
+    let out = tokio::process::Command::new(tests::shoal_bin())
+        .args(["cancel", &first, "--peer", &peer.http])
+        .env("SHOAL_TOKEN", TOKEN)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("canceled"), "{stdout}");
     for id in [&second, &first] {
         let d = peer.wait_final(id, BUILD).await.unwrap();
         assert_eq!(d["status"], "canceled", "{d}");

@@ -92,14 +92,26 @@ async fn rollback_and_promote_switch_every_peer_without_a_rebuild() {
     let page = mesh.peers[1].page(&format!("/deployments/{v2}")).await;
     assert!(page.contains("data-verb=promote"), "{page}");
 
-    // Promoting the newest unpins: later deployments go live again.
-    let (status, project) = post(
-        &mesh.peers[1],
-        "/api/projects/roll/promote",
-        &json!({"deployment_id": v3}),
-    )
-    .await;
-    assert_eq!(status, 200, "{project}");
+    // Promoting the newest unpins: later deployments go live again (here
+    // through the CLI).
+    let out = tokio::process::Command::new(tests::shoal_bin())
+        .args(["promote", "roll", &v3, "--peer", &mesh.peers[1].http])
+        .env("SHOAL_TOKEN", TOKEN)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("every peer now serves deployment {v3}")),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("pinned"), "{stdout}");
+    let project = mesh.peers[0].get_json("/api/projects/roll").await.unwrap();
     assert_eq!(project["pinned"], false);
     for peer in &mesh.peers {
         wait_serving(peer, b"v3").await;
@@ -169,6 +181,14 @@ async fn rollback_and_promote_switch_every_peer_without_a_rebuild() {
         .await
         .unwrap();
     assert_eq!(res.status(), 401);
+    let out = tokio::process::Command::new(tests::shoal_bin())
+        .args(["peers", "--peer", &mesh.peers[1].http])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.matches(" alive").count(), 3, "{stdout}");
+    assert_eq!(stdout.matches("(this peer)").count(), 1, "{stdout}");
     let all = mesh.peers[1].get_json("/api/projects").await.unwrap();
     assert_eq!(all.as_array().unwrap().len(), 1, "{all}");
 }
