@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc};
+use web::hooks::{Push, PushOutcome};
 use web::{ApiError, DeploymentView, Event, LogLine, NewDeployment, Status};
 
 pub struct NodeBackend {
@@ -25,6 +26,7 @@ pub struct NodeBackend {
     pub site_domain: String,
     pub sites_port: u16,
     pub allow_local: bool,
+    pub webhook_secret: Option<String>,
     /// Set once start-up recovery is done.
     pub ready: AtomicBool,
     /// True once this peer has caught up with the mesh.
@@ -118,6 +120,22 @@ impl NodeBackend {
             updated_at: crate::model::rfc3339(project.stamp.wall_ms),
         }
     }
+}
+
+/// A repository URL reduced to what identifies the repository: no scheme
+/// case, no credentials, no trailing `/` or `.git`.
+fn same_repo(url: &str) -> String {
+    let url = url.trim().trim_end_matches('/');
+    let url = url.strip_suffix(".git").unwrap_or(url);
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    format!(
+        "{}://{}/{}",
+        scheme.to_ascii_lowercase(),
+        host.to_ascii_lowercase(),
+        path
+    )
 }
 
 /// Characters of a deployment id (or commit) in its preview host.
@@ -360,6 +378,72 @@ impl web::Backend for NodeBackend {
         Ok(Some(self.project_view(&project, &rows)))
     }
 
+    fn webhook_secret(&self) -> Option<&str> {
+        self.webhook_secret.as_deref()
+    }
+
+    fn github_push(&self, push: Push) -> Result<PushOutcome, ApiError> {
+        if let Some(seen) = self.state.delivery(&push.delivery).map_err(internal)? {
+            return Ok(PushOutcome::Duplicate(seen.deployments));
+        }
+        let wanted: Vec<String> = push.repo_urls.iter().map(|u| same_repo(u)).collect();
+        let projects: Vec<Project> = self
+            .state
+            .projects()
+            .map_err(internal)?
+            .into_iter()
+            .filter(|p| wanted.contains(&same_repo(&p.repo_url)))
+            .collect();
+        if projects.is_empty() {
+            return Ok(PushOutcome::UnknownRepository);
+        }
+        let rows = self.state.deployments().map_err(internal)?;
+        let mut ids = Vec::new();
+        for project in projects {
+            // The branch a project follows: that of its newest deployment
+            // (no ref there means the repository's default branch).
+            let Some(latest) = rows.iter().find(|r| r.name == project.name) else {
+                continue;
+            };
+            let branch = latest
+                .git_ref
+                .clone()
+                .or_else(|| push.default_branch.clone());
+            if branch.as_deref() != Some(push.branch.as_str()) {
+                continue;
+            }
+            let dep = self.create_deployment(NewDeployment {
+                repo_url: project.repo_url.clone(),
+                name: Some(project.name.clone()),
+                git_ref: latest.git_ref.clone(),
+                commit: Some(push.after.clone()),
+            })?;
+            self.state.log(
+                &dep.id,
+                "queue",
+                Level::Info,
+                &format!(
+                    "push to {} (delivery {}) on peer {}",
+                    push.branch, push.delivery, self.state.peer
+                ),
+            );
+            ids.push(dep.id);
+        }
+        if ids.is_empty() {
+            return Ok(PushOutcome::OtherBranch);
+        }
+        let row = crate::model::Delivery {
+            received_at_ms: self.state.now_ms(),
+            deployments: ids.clone(),
+            stamp: Hlc::default(),
+            writer: String::new(),
+        };
+        self.state
+            .put_delivery(&push.delivery, row)
+            .map_err(internal)?;
+        Ok(PushOutcome::Deployed(ids))
+    }
+
     fn logs(&self, id: &str) -> Result<Option<Vec<LogLine>>, ApiError> {
         if self.state.deployment(id).map_err(internal)?.is_none() {
             return Ok(None);
@@ -426,5 +510,30 @@ impl web::Backend for NodeBackend {
         let mut out = self.metrics.render(&rows);
         crate::metrics::render_exchange(&mut out, &self.exchange);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_repo;
+
+    #[test]
+    fn repository_urls_match_across_their_spellings() {
+        let canonical = same_repo("https://github.com/octo/site");
+        for url in [
+            "https://github.com/octo/site.git",
+            "https://GitHub.com/octo/site/",
+            "HTTPS://github.com/octo/site",
+            "https://token@github.com/octo/site.git",
+        ] {
+            assert_eq!(same_repo(url), canonical, "{url}");
+        }
+        assert_ne!(same_repo("https://github.com/octo/other"), canonical);
+        assert_ne!(
+            same_repo("https://github.com/OCTO/site"),
+            canonical,
+            "paths keep their case"
+        );
+        assert_eq!(same_repo("/tmp/repo/"), same_repo("/tmp/repo.git"));
     }
 }

@@ -19,7 +19,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a peer.
-    Node(NodeConfig),
+    Node(Box<NodeConfig>),
     /// Submit a deployment of a git repository.
     Deploy(DeployArgs),
     /// Show all deployments, or one.
@@ -123,6 +123,10 @@ pub struct NodeConfig {
     /// deployment needs are removed.
     #[arg(long, env = "SHOAL_GC_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
     pub gc_interval: Duration,
+    /// Secret GitHub signs webhook deliveries with (`POST /api/hooks/github`);
+    /// without it webhooks are refused. The same on every peer.
+    #[arg(long, env = "SHOAL_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
     /// Upload rate limit for artifact blocks, in KiB/s (0: none).
     #[arg(long, env = "SHOAL_UPLOAD_LIMIT_KIB", default_value_t = 0)]
     pub upload_limit_kib: u64,

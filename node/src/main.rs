@@ -34,7 +34,7 @@ async fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Node(cfg) => {
             init_tracing();
-            peer::run(cfg).await
+            peer::run(*cfg).await
         }
         Command::Deploy(args) => cli::deploy(args).await,
         Command::Status(args) => cli::status(args).await,

@@ -234,6 +234,27 @@ impl Merge for Project {
     }
 }
 
+/// A webhook delivery this mesh handled, so that a replay (or the same
+/// delivery sent to another peer) deploys nothing more. Key: delivery id.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Delivery {
+    pub received_at_ms: u64,
+    pub deployments: Vec<String>,
+    pub stamp: Hlc,
+    pub writer: String,
+}
+
+impl Merge for Delivery {
+    /// The first handling wins; the rest are the same delivery seen twice.
+    fn merge(self, other: Self) -> Self {
+        if (other.stamp, &other.writer, &other) < (self.stamp, &self.writer, &self) {
+            other
+        } else {
+            self
+        }
+    }
+}
+
 /// Key of a log row: deployment id, then clock, then peer, so that a prefix
 /// scan by deployment returns lines in order.
 pub fn log_key(deployment: &str, at: Hlc, peer: &str) -> Vec<u8> {

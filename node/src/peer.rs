@@ -188,6 +188,11 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         site_domain: cfg.site_domain.to_ascii_lowercase(),
         sites_port: sites_addr.port(),
         allow_local: cfg.allow_local_repos,
+        webhook_secret: cfg
+            .webhook_secret
+            .clone()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty()),
         ready: Default::default(),
         synced: synced.clone(),
         wake: wake_tx,

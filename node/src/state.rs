@@ -4,7 +4,7 @@
 //! events (status changes, log lines) for the UI and the build worker.
 
 use crate::model::{
-    file_key, log_key, log_view, DeploymentFile, DeploymentRecord, LogRecord, Project,
+    file_key, log_key, log_view, Delivery, DeploymentFile, DeploymentRecord, LogRecord, Project,
 };
 use p2p::{Change, Clock, Store, StoreError, Table};
 use std::collections::HashMap;
@@ -31,6 +31,8 @@ pub struct State {
     files: Table<DeploymentFile>,
     /// Sites: repository, and which deployment is pinned as current.
     projects: Table<Project>,
+    /// Webhook deliveries already handled.
+    deliveries: Table<Delivery>,
     events: broadcast::Sender<Event>,
     /// Bumped on every change of a deployment or a replica (from anywhere).
     changes: tokio::sync::watch::Sender<u64>,
@@ -106,6 +108,7 @@ impl State {
             logs: store.table("deployment_logs")?,
             files: store.table("deployment_files")?,
             projects: store.table("projects")?,
+            deliveries: store.table("hook_deliveries")?,
             clock,
             store,
             events,
@@ -152,6 +155,18 @@ impl State {
             tokio::task::block_in_place(|| self.store.flush_now())?;
         }
         Ok(merged)
+    }
+
+    pub fn delivery(&self, id: &str) -> Result<Option<Delivery>, StoreError> {
+        self.deliveries.get(id.as_bytes())
+    }
+
+    /// Records a handled webhook delivery; returns the row that wins (an
+    /// earlier handling of the same delivery, if any).
+    pub fn put_delivery(&self, id: &str, mut row: Delivery) -> Result<Delivery, StoreError> {
+        row.stamp = self.clock.now();
+        row.writer = self.peer.clone();
+        Ok(self.deliveries.merge(id.as_bytes(), row)?.0)
     }
 
     /// Writes this peer's replica row (stamped here; single writer).

@@ -30,6 +30,12 @@ pub fn routes<B: Backend>() -> Router<AppState<B>> {
         .route("/api/projects/{name}", get(project::<B>))
         .route("/api/projects/{name}/rollback", post(rollback::<B>))
         .route("/api/projects/{name}/promote", post(promote::<B>))
+        .route(
+            "/api/hooks/github",
+            post(crate::hooks::github::<B>).layer(axum::extract::DefaultBodyLimit::max(
+                crate::hooks::MAX_HOOK_BYTES,
+            )),
+        )
         .route("/api/peers", get(peers::<B>))
         .route("/api/events", get(events::<B>))
         .route("/api/openapi.json", get(openapi))

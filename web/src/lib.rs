@@ -7,6 +7,7 @@ mod api;
 mod auth;
 mod error;
 mod files;
+pub mod hooks;
 mod metrics;
 pub mod model;
 mod sites;
@@ -61,6 +62,11 @@ pub trait Backend: Send + Sync + 'static {
     fn site_domain(&self) -> &str;
     /// Prometheus text lines for the node's own figures.
     fn metrics(&self) -> String;
+    /// The secret GitHub signs webhook deliveries with; `None`: webhooks off.
+    fn webhook_secret(&self) -> Option<&str>;
+    /// Deploys a verified push to every project that follows its
+    /// repository and branch, once per delivery.
+    fn github_push(&self, push: hooks::Push) -> Result<hooks::PushOutcome, ApiError>;
 }
 
 /// The UI and JSON API router.

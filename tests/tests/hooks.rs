@@ -1,0 +1,185 @@
+//! GitHub webhooks against real peers: deliveries signed the way GitHub
+//! signs them (HMAC-SHA256 of the raw body, `X-Hub-Signature-256`).
+
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use std::time::Duration;
+use tests::{wait_until, Mesh, Peer, Repo, BUILD};
+
+const SECRET: &str = "It's a Secret to Everybody";
+
+fn sign(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Sends a delivery like GitHub does; returns the status and JSON body.
+async fn deliver(
+    peer: &Peer,
+    event: &str,
+    delivery: &str,
+    body: &Value,
+    secret: &str,
+) -> (u16, Value) {
+    let raw = serde_json::to_vec(body).unwrap();
+    let res = peer
+        .client()
+        .post(format!("{}/api/hooks/github", peer.http))
+        .header("content-type", "application/json")
+        .header("user-agent", "GitHub-Hookshot/test")
+        .header("x-github-event", event)
+        .header("x-github-delivery", delivery)
+        .header("x-hub-signature-256", sign(secret, &raw))
+        .body(raw)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+fn push_body(repo: &str, branch: &str, before: &str, after: &str) -> Value {
+    json!({
+        "ref": format!("refs/heads/{branch}"),
+        "before": before,
+        "after": after,
+        "created": false,
+        "deleted": after.bytes().all(|b| b == b'0'),
+        "forced": false,
+        "repository": {
+            "id": 1296269,
+            "name": "site",
+            "full_name": "octo/site",
+            "private": false,
+            "html_url": repo,
+            "clone_url": format!("{repo}.git"),
+            "default_branch": "main"
+        },
+        "pusher": {"name": "octo", "email": "octo@example.com"},
+        "sender": {"login": "octo", "id": 1},
+        "head_commit": {"id": after, "message": "change"},
+        "commits": []
+    })
+}
+
+async fn count(p: &Peer) -> usize {
+    p.deployments().await.unwrap().len()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signed_push_deploys_exactly_the_pushed_commit_once() {
+    let mesh = Mesh::start_with(2, &["--webhook-secret", SECRET])
+        .await
+        .unwrap();
+    let repo = Repo::new(&[("index.html", b"v1")]).unwrap();
+    let url = repo.path().to_str().unwrap().to_owned();
+    let (_, first) = mesh.peers[0]
+        .deploy_and_wait(repo.path(), "hooked")
+        .await
+        .unwrap();
+    assert_eq!(first["status"], "success", "{first}");
+    let before = repo.git(&["rev-parse", "HEAD"]).unwrap();
+    let after = repo.commit(&[("index.html", b"v2")], "v2").unwrap();
+    // A newer commit exists on the branch by the time the delivery lands:
+    // the deployment is of the pushed commit, not of the branch tip.
+    let tip = repo.commit(&[("index.html", b"v3")], "v3").unwrap();
+
+    // Ping.
+    let (status, body) = deliver(
+        &mesh.peers[1],
+        "ping",
+        "d-0",
+        &json!({"zen": "Keep it logically awesome."}),
+        SECRET,
+    )
+    .await;
+    assert_eq!((status, body["ok"].as_bool()), (200, Some(true)));
+
+    // Bad signature, wrong event, unknown repository: refused, nothing stored.
+    let push = push_body(&url, "main", &before, &after);
+    let (status, body) = deliver(&mesh.peers[1], "push", "d-1", &push, "wrong secret").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("bad_signature"))
+    );
+    let (status, _) = deliver(&mesh.peers[1], "issues", "d-2", &push, SECRET).await;
+    assert_eq!(status, 400);
+    let elsewhere = push_body("https://example.com/octo/other", "main", &before, &after);
+    let (status, _) = deliver(&mesh.peers[1], "push", "d-3", &elsewhere, SECRET).await;
+    assert_eq!(status, 404);
+    // A branch nobody follows, and a deleted branch: ignored.
+    let (status, body) = deliver(
+        &mesh.peers[1],
+        "push",
+        "d-4",
+        &push_body(&url, "feature", &before, &after),
+        SECRET,
+    )
+    .await;
+    assert_eq!(
+        (status, body["deployments"].as_array().unwrap().len()),
+        (200, 0),
+        "{body}"
+    );
+    let zero = "0".repeat(40);
+    let (status, body) = deliver(
+        &mesh.peers[1],
+        "push",
+        "d-5",
+        &push_body(&url, "main", &before, &zero),
+        SECRET,
+    )
+    .await;
+    assert_eq!(
+        (status, body["deployments"].as_array().unwrap().len()),
+        (200, 0),
+        "{body}"
+    );
+    assert_eq!(count(&mesh.peers[0]).await, 1, "nothing was deployed");
+
+    // The real push.
+    let (status, body) = deliver(&mesh.peers[1], "push", "d-6", &push, SECRET).await;
+    assert_eq!(status, 202, "{body}");
+    let ids = body["deployments"].as_array().unwrap();
+    assert_eq!(ids.len(), 1);
+    let id = ids[0].as_str().unwrap().to_owned();
+    let d = mesh.peers[0]
+        .wait_status(&id, &["success"], BUILD)
+        .await
+        .unwrap();
+    assert_eq!(d["commit"], after.as_str());
+    assert_ne!(d["commit"], tip.as_str());
+    for peer in &mesh.peers {
+        wait_until(
+            "the pushed commit to be live",
+            Duration::from_secs(10),
+            || async { (peer.site_bytes("hooked", "/").await? == b"v2").then_some(()) },
+        )
+        .await
+        .unwrap();
+    }
+    // The same delivery again, here or at the other peer: nothing new.
+    for peer in &mesh.peers {
+        let (status, body) = deliver(peer, "push", "d-6", &push, SECRET).await;
+        assert_eq!(
+            (status, body["duplicate"].as_bool()),
+            (200, Some(true)),
+            "{body}"
+        );
+        assert_eq!(body["deployments"][0], id.as_str());
+    }
+    assert_eq!(count(&mesh.peers[0]).await, 2);
+}
+
+#[tokio::test]
+async fn without_a_secret_webhooks_are_refused() {
+    let peer = Peer::start(&[]).await.unwrap();
+    let (status, body) = deliver(&peer, "ping", "d", &json!({}), SECRET).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("webhooks_disabled"))
+    );
+}
