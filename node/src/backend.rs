@@ -106,6 +106,8 @@ impl NodeBackend {
                     stamp: Hlc::default(),
                     writer: String::new(),
                     pinned: false,
+                    poll_interval_secs: 0,
+                    branch: rec.git_ref.clone(),
                 })
                 .map(|_| ()),
         }
@@ -117,6 +119,9 @@ impl NodeBackend {
             repo_url: project.repo_url.clone(),
             current_deployment: crate::distribute::live_target(project, rows).map(|r| r.id.clone()),
             pinned: project.pinned,
+            auto_deploy: project.auto_deploy,
+            poll_interval_secs: project.poll_interval_secs,
+            branch: project.branch.clone(),
             updated_at: crate::model::rfc3339(project.stamp.wall_ms),
         }
     }
@@ -137,6 +142,10 @@ fn same_repo(url: &str) -> String {
         path
     )
 }
+
+/// Bounds of a project's poll interval, in seconds.
+pub const MIN_POLL_SECS: u64 = 1;
+pub const MAX_POLL_SECS: u64 = 86_400;
 
 /// Characters of a deployment id (or commit) in its preview host.
 const PREVIEW_PREFIX: usize = 8;
@@ -309,6 +318,41 @@ impl web::Backend for NodeBackend {
         let Some(project) = self.state.project(name).map_err(internal)? else {
             return Ok(None);
         };
+        let rows = self.state.deployments().map_err(internal)?;
+        Ok(Some(self.project_view(&project, &rows)))
+    }
+
+    fn update_project(
+        &self,
+        name: &str,
+        req: web::ProjectSettings,
+    ) -> Result<Option<web::ProjectView>, ApiError> {
+        let Some(mut project) = self.state.project(name).map_err(internal)? else {
+            return Ok(None);
+        };
+        if let Some(on) = req.auto_deploy {
+            project.auto_deploy = on;
+        }
+        if let Some(secs) = req.poll_interval_secs {
+            if secs != 0 && !(MIN_POLL_SECS..=MAX_POLL_SECS).contains(&secs) {
+                return Err(ApiError::bad_request(
+                    "invalid_poll_interval",
+                    format!(
+                        "poll_interval_secs must be 0 (off) or {MIN_POLL_SECS}..{MAX_POLL_SECS}"
+                    ),
+                ));
+            }
+            project.poll_interval_secs = secs;
+        }
+        if let Some(branch) = req.branch {
+            let branch = branch.trim();
+            project.branch = if branch.is_empty() {
+                None
+            } else {
+                Some(validate::git_ref(branch).map_err(invalid)?)
+            };
+        }
+        let project = self.state.put_project(project).map_err(internal)?;
         let rows = self.state.deployments().map_err(internal)?;
         Ok(Some(self.project_view(&project, &rows)))
     }

@@ -11,6 +11,7 @@ mod load;
 mod metrics;
 mod model;
 mod peer;
+mod poll;
 mod site;
 mod state;
 mod validate;

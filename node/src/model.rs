@@ -221,6 +221,13 @@ pub struct Project {
     /// exist; otherwise the newest successful one is served.
     #[serde(default)]
     pub pinned: bool,
+    /// With `auto_deploy`: how often the repository is asked for a new
+    /// commit on `branch` (0: never; webhooks only).
+    #[serde(default)]
+    pub poll_interval_secs: u64,
+    /// The branch auto-deploy follows (none: the repository's default).
+    #[serde(default)]
+    pub branch: Option<String>,
 }
 
 impl Merge for Project {
@@ -363,7 +370,8 @@ mod tests {
     }
     prop_compose! {
         fn project()(current in proptest::option::of("[xy]"), auto in any::<bool>(), stamp in stamp(), writer in "[ab]") -> Project {
-            Project { name: "n".into(), repo_url: "r".into(), current_deployment: current, auto_deploy: auto, stamp, writer, pinned: auto }
+            Project { name: "n".into(), repo_url: "r".into(), current_deployment: current, auto_deploy: auto, stamp, writer, pinned: auto,
+                      poll_interval_secs: 0, branch: None }
         }
     }
     prop_compose! {

@@ -241,6 +241,15 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         )
         .run(shutdown_rx.clone()),
     );
+    tasks.spawn(
+        crate::poll::Poller::new(
+            backend.clone(),
+            shared.clone(),
+            synced.clone(),
+            cfg.allow_local_repos,
+        )
+        .run(shutdown_rx.clone()),
+    );
     tasks.spawn(Worker::new(shared, cfg.max_builds, wake_rx, synced).run(shutdown_rx.clone()));
     tasks.spawn(crate::load::report(
         info_tx,

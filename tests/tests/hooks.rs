@@ -183,3 +183,84 @@ async fn without_a_secret_webhooks_are_refused() {
         (403, Some("webhooks_disabled"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn polling_deploys_new_commits_of_repositories_without_webhooks() {
+    let mesh = Mesh::start(3).await.unwrap();
+    let repo = Repo::new(&[("index.html", b"v1")]).unwrap();
+    let (_, first) = mesh.peers[0]
+        .deploy_and_wait(repo.path(), "polled")
+        .await
+        .unwrap();
+    assert_eq!(first["status"], "success", "{first}");
+    let patch = |peer: &Peer, body: Value, token: bool| {
+        let mut req = peer
+            .client()
+            .patch(format!("{}/api/projects/polled", peer.http))
+            .json(&body);
+        if token {
+            req = req.bearer_auth(tests::TOKEN);
+        }
+        req.send()
+    };
+    let res = patch(&mesh.peers[1], json!({"auto_deploy": true}), false)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let res = patch(
+        &mesh.peers[1],
+        json!({"poll_interval_secs": 10_000_000}),
+        true,
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 400);
+    let res = patch(
+        &mesh.peers[1],
+        json!({"auto_deploy": true, "poll_interval_secs": 1}),
+        true,
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 200);
+    let project: Value = res.json().await.unwrap();
+    assert_eq!(
+        (
+            project["auto_deploy"].as_bool(),
+            project["poll_interval_secs"].as_u64()
+        ),
+        (Some(true), Some(1))
+    );
+
+    let after = repo.commit(&[("index.html", b"v2")], "v2").unwrap();
+    let observer = &mesh.peers[2];
+    let d = wait_until(
+        "a deployment of the new commit",
+        Duration::from_secs(20),
+        || async {
+            let list = observer.deployments().await.ok()?;
+            list.into_iter()
+                .find(|d| d["commit"] == after.as_str() && d["status"] == "success")
+        },
+    )
+    .await
+    .unwrap();
+    for peer in &mesh.peers {
+        wait_until(
+            "the new commit to be live",
+            Duration::from_secs(10),
+            || async { (peer.site_bytes("polled", "/").await? == b"v2").then_some(()) },
+        )
+        .await
+        .unwrap();
+    }
+    let log = observer.log_text(d["id"].as_str().unwrap()).await.unwrap();
+    assert!(log.contains("found by polling on peer"), "{log}");
+    // One deployment of it was built, however many peers saw the commit.
+    let list = observer.deployments().await.unwrap();
+    let built: Vec<_> = list
+        .iter()
+        .filter(|d| d["commit"] == after.as_str() && d["status"] != "canceled")
+        .collect();
+    assert_eq!(built.len(), 1, "{list:?}");
+}

@@ -27,7 +27,10 @@ pub fn routes<B: Backend>() -> Router<AppState<B>> {
         .route("/api/deployments/{id}/cancel", post(cancel::<B>))
         .route("/api/deployments/{id}/logs", get(logs::<B>))
         .route("/api/projects", get(projects::<B>))
-        .route("/api/projects/{name}", get(project::<B>))
+        .route(
+            "/api/projects/{name}",
+            get(project::<B>).patch(update_project::<B>),
+        )
         .route("/api/projects/{name}/rollback", post(rollback::<B>))
         .route("/api/projects/{name}/promote", post(promote::<B>))
         .route(
@@ -134,6 +137,20 @@ async fn project<B: Backend>(
 ) -> Result<Json<crate::ProjectView>, ApiError> {
     s.backend
         .project(&name)?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no project {name}")))
+}
+
+async fn update_project<B: Backend>(
+    State(s): State<AppState<B>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<crate::ProjectSettings>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<crate::ProjectView>, ApiError> {
+    require_admin(&*s.backend, &headers)?;
+    let Json(req) = body?;
+    s.backend
+        .update_project(&name, req)?
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("no project {name}")))
 }

@@ -16,8 +16,8 @@ mod ui;
 pub use error::ApiError;
 pub use metrics::HttpMetrics;
 pub use model::{
-    DeploymentView, Event, LogLine, NewDeployment, PeerInfo, ProjectView, ReplicaView, SetCurrent,
-    Status,
+    DeploymentView, Event, LogLine, NewDeployment, PeerInfo, ProjectSettings, ProjectView,
+    ReplicaView, SetCurrent, Status,
 };
 
 use std::path::PathBuf;
@@ -38,6 +38,12 @@ pub trait Backend: Send + Sync + 'static {
     /// Every project, by name.
     fn projects(&self) -> Result<Vec<ProjectView>, ApiError>;
     fn project(&self, name: &str) -> Result<Option<ProjectView>, ApiError>;
+    /// Changes a project's auto-deploy settings; `None` if there is no such project.
+    fn update_project(
+        &self,
+        name: &str,
+        req: ProjectSettings,
+    ) -> Result<Option<ProjectView>, ApiError>;
     /// Makes an earlier (rollback) or later (promote) successful deployment
     /// the one every peer serves for `name`; `None` if there is no such project.
     fn set_current(

@@ -92,8 +92,26 @@ pub struct ProjectView {
     /// Whether `current_deployment` was chosen by a rollback or a promote and
     /// stays served when newer deployments succeed.
     pub pinned: bool,
+    /// Whether new commits are deployed by themselves (polling, if
+    /// `poll_interval_secs` > 0; webhooks always deploy).
+    pub auto_deploy: bool,
+    pub poll_interval_secs: u64,
+    /// The branch followed (none: the repository's default branch).
+    pub branch: Option<String>,
     /// RFC 3339 UTC.
     pub updated_at: String,
+}
+
+/// The body of `PATCH /api/projects/{name}`: the fields to change.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectSettings {
+    #[serde(default)]
+    pub auto_deploy: Option<bool>,
+    #[serde(default)]
+    pub poll_interval_secs: Option<u64>,
+    #[serde(default)]
+    pub branch: Option<String>,
 }
 
 /// The body of `POST /api/projects/{name}/rollback` and `/promote`.
