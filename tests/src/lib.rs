@@ -60,6 +60,24 @@ pub fn shoal_bin() -> PathBuf {
     bin
 }
 
+/// Runs the `shoal` CLI (with the admin token in its environment) and
+/// returns what it printed; fails with both outputs if it fails.
+pub async fn cli(args: &[&str]) -> Result<String> {
+    let out = tokio::process::Command::new(shoal_bin())
+        .args(args)
+        .env("SHOAL_TOKEN", TOKEN)
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!(
+            "shoal {args:?} failed: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(stdout)
+}
+
 /// Polls `check` until it returns `Some`, or fails after `within`.
 pub async fn wait_until<T, F, Fut>(what: &str, within: Duration, mut check: F) -> Result<T>
 where
@@ -400,6 +418,21 @@ impl Peer {
             return None;
         }
         Some(res.bytes().await.ok()?.to_vec())
+    }
+
+    /// Waits until the log of deployment `id` contains `needle`; returns the
+    /// deployment as it is then.
+    pub async fn wait_log(&self, id: &str, needle: &str, within: Duration) -> Result<Value> {
+        wait_until(
+            &format!("'{needle}' in the log of {id}"),
+            within,
+            || async {
+                let log = self.log_text(id).await.ok()?;
+                let d = self.deployment(id).await.ok()?;
+                log.contains(needle).then_some(d)
+            },
+        )
+        .await
     }
 
     /// Waits until this peer shows deployment `id` with a status in `statuses`.

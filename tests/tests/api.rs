@@ -274,15 +274,7 @@ async fn a_queued_deployment_is_canceled_before_it_is_built() {
     .unwrap();
     let other = Repo::new(&[("index.html", b"never")]).unwrap();
     let first = peer.deploy(slow.path(), "busy").await.unwrap();
-    tests::wait_until("the slow build to start", BUILD, || async {
-        peer.log_text(&first)
-            .await
-            .ok()?
-            .contains("slow-start")
-            .then_some(())
-    })
-    .await
-    .unwrap();
+    peer.wait_log(&first, "slow-start", BUILD).await.unwrap();
     // The only build slot is taken: the second one waits in the queue.
     let second = peer.deploy(other.path(), "waiting").await.unwrap();
     let d = peer.deployment(&second).await.unwrap();
@@ -298,18 +290,9 @@ async fn a_queued_deployment_is_canceled_before_it_is_built() {
         .unwrap();
     assert_eq!(res.status(), 200);
     // The running one through the CLI.
-    let out = tokio::process::Command::new(tests::shoal_bin())
-        .args(["cancel", &first, "--peer", &peer.http])
-        .env("SHOAL_TOKEN", TOKEN)
-        .output()
+    let stdout = tests::cli(&["cancel", &first, "--peer", &peer.http])
         .await
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert!(stdout.contains("canceled"), "{stdout}");
     for id in [&second, &first] {
         let d = peer.wait_final(id, BUILD).await.unwrap();

@@ -126,16 +126,11 @@ async fn a_killed_builder_is_replaced_and_does_not_resume_when_it_returns() {
     )])
     .unwrap();
     let id = mesh.peers[0].deploy(repo.path(), "failover").await.unwrap();
-    let watcher = &mesh.peers[0];
-    let first = wait_until("the slow build to start", BUILD, || async {
-        let log = watcher.log_text(&id).await.ok()?;
-        let d = watcher.deployment(&id).await.ok()?;
-        log.contains("slow-start")
-            .then(|| d["builder"].as_str().map(str::to_owned))
-            .flatten()
-    })
-    .await
-    .unwrap();
+    let started = mesh.peers[0]
+        .wait_log(&id, "slow-start", BUILD)
+        .await
+        .unwrap();
+    let first = started["builder"].as_str().unwrap().to_owned();
     let victim = mesh.peers.iter().position(|p| p.id == first).unwrap();
     // Watch from a peer that survives.
     let observer = (victim + 1) % mesh.peers.len();
@@ -385,16 +380,11 @@ async fn a_build_canceled_on_any_peer_stops_on_its_builder() {
     )])
     .unwrap();
     let id = mesh.peers[0].deploy(repo.path(), "stopme").await.unwrap();
-    let watcher = &mesh.peers[0];
-    let builder = wait_until("the slow build to start", BUILD, || async {
-        let log = watcher.log_text(&id).await.ok()?;
-        let d = watcher.deployment(&id).await.ok()?;
-        log.contains("slow-start")
-            .then(|| d["builder"].as_str().map(str::to_owned))
-            .flatten()
-    })
-    .await
-    .unwrap();
+    let started = mesh.peers[0]
+        .wait_log(&id, "slow-start", BUILD)
+        .await
+        .unwrap();
+    let builder = started["builder"].as_str().unwrap().to_owned();
     assert!(process_running("sleep 31.7"));
     // Canceled through a peer that is not the builder.
     let other = mesh.peers.iter().find(|p| p.id != builder).unwrap();

@@ -94,18 +94,9 @@ async fn rollback_and_promote_switch_every_peer_without_a_rebuild() {
 
     // Promoting the newest unpins: later deployments go live again (here
     // through the CLI).
-    let out = tokio::process::Command::new(tests::shoal_bin())
-        .args(["promote", "roll", &v3, "--peer", &mesh.peers[1].http])
-        .env("SHOAL_TOKEN", TOKEN)
-        .output()
+    let stdout = tests::cli(&["promote", "roll", &v3, "--peer", &mesh.peers[1].http])
         .await
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert!(
         stdout.contains(&format!("every peer now serves deployment {v3}")),
         "{stdout}"
@@ -181,12 +172,9 @@ async fn rollback_and_promote_switch_every_peer_without_a_rebuild() {
         .await
         .unwrap();
     assert_eq!(res.status(), 401);
-    let out = tokio::process::Command::new(tests::shoal_bin())
-        .args(["peers", "--peer", &mesh.peers[1].http])
-        .output()
+    let stdout = tests::cli(&["peers", "--peer", &mesh.peers[1].http])
         .await
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(stdout.matches(" alive").count(), 3, "{stdout}");
     assert_eq!(stdout.matches("(this peer)").count(), 1, "{stdout}");
     let all = mesh.peers[1].get_json("/api/projects").await.unwrap();
