@@ -87,6 +87,10 @@ async fn a_signed_push_deploys_exactly_the_pushed_commit_once() {
     // the deployment is of the pushed commit, not of the branch tip.
     let tip = repo.commit(&[("index.html", b"v3")], "v3").unwrap();
 
+    // The project page tells how to set the webhook up.
+    let page = mesh.peers[1].page("/projects/hooked").await;
+    assert!(page.contains("/api/hooks/github</code>"), "{page}");
+
     // Ping.
     let (status, body) = deliver(
         &mesh.peers[1],

@@ -177,6 +177,16 @@ async fn rollback_and_promote_switch_every_peer_without_a_rebuild() {
         .unwrap();
     assert_eq!(stdout.matches(" alive").count(), 3, "{stdout}");
     assert_eq!(stdout.matches("(this peer)").count(), 1, "{stdout}");
+    // The projects pages.
+    let page = mesh.peers[2].page("/projects").await;
+    assert!(page.contains("<tr data-project='roll'>"), "{page}");
+    let page = mesh.peers[2].page("/projects/roll").await;
+    assert!(
+        page.contains("id=settings") && page.contains("Webhooks are off"),
+        "{page}"
+    );
+    assert_eq!(page.matches("<tr data-id=").count(), 4, "{page}");
+    assert_eq!(page.matches("<strong>live</strong>").count(), 1, "{page}");
     let all = mesh.peers[1].get_json("/api/projects").await.unwrap();
     assert_eq!(all.as_array().unwrap().len(), 1, "{all}");
 }

@@ -14,6 +14,8 @@ pub fn routes<B: Backend>() -> Router<AppState<B>> {
         .route("/", get(dashboard::<B>))
         .route("/deployments/{id}", get(deployment_page::<B>))
         .route("/peers", get(peers_page::<B>))
+        .route("/projects", get(projects_page::<B>))
+        .route("/projects/{name}", get(project_page::<B>))
         .route(
             "/ui.css",
             get(|| async { ([("content-type", "text/css")], CSS) }),
@@ -49,7 +51,7 @@ fn page(title: &str, body: &str) -> Html<String> {
          <meta name=viewport content='width=device-width,initial-scale=1'>\
          <title>{} · shoal</title><link rel=stylesheet href=/ui.css></head>\
          <body><header><a href=/ class=brand>shoal</a> <nav><a href=/>Deployments</a> \
-         <a href=/peers>Peers</a></nav></header><main>{body}</main>\
+         <a href=/projects>Projects</a> <a href=/peers>Peers</a></nav></header><main>{body}</main>\
          <script src=/ui.js></script></body></html>",
         esc(title)
     ))
@@ -95,6 +97,108 @@ async fn dashboard<B: Backend>(State(s): State<AppState<B>>) -> Result<Html<Stri
          </section>"
     );
     Ok(page("Deployments", &body))
+}
+
+async fn projects_page<B: Backend>(State(s): State<AppState<B>>) -> Result<Html<String>, ApiError> {
+    let projects = s.backend.projects()?;
+    let deployments = s.backend.deployments()?;
+    let mut rows = String::new();
+    for p in &projects {
+        let latest = deployments.iter().find(|d| d.name == p.name);
+        let live = p
+            .current_deployment
+            .as_deref()
+            .and_then(|id| deployments.iter().find(|d| d.id == id));
+        let _ = write!(
+            rows,
+            "<tr data-project='{name}'><td><a href='/projects/{name}'>{name}</a></td><td>{badge}</td>\
+             <td>{last}</td><td class=mono>{commit}</td><td class=mono>{builder}</td>\
+             <td><a href='{url}'>{url}</a></td><td>{mode}</td></tr>",
+            name = esc(&p.name),
+            badge = latest.map(badge).unwrap_or_default(),
+            last = esc(latest.map_or("", |d| d.created_at.as_str())),
+            commit = esc(live
+                .and_then(|d| d.commit.as_deref())
+                .map_or("", |c| &c[..c.len().min(12)])),
+            builder = esc(live
+                .and_then(|d| d.builder.as_deref())
+                .map_or("", |b| &b[b.len().saturating_sub(8)..])),
+            url = esc(live.map_or("", |d| d.live_url.as_str())),
+            mode = if p.pinned { "pinned" } else if p.auto_deploy { "auto-deploy" } else { "" },
+        );
+    }
+    if projects.is_empty() {
+        rows.push_str(
+            "<tr><td colspan=7 class=empty>No projects yet: deploy a repository.</td></tr>",
+        );
+    }
+    let body = format!(
+        "<h1>Projects</h1><table id=projects><thead><tr><th>Name</th><th>Last deploy</th><th>When</th>\
+         <th>Live commit</th><th>Built by</th><th>Live URL</th><th></th></tr></thead>\
+         <tbody>{rows}</tbody></table>"
+    );
+    Ok(page("Projects", &body))
+}
+
+async fn project_page<B: Backend>(
+    State(s): State<AppState<B>>,
+    Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Result<Html<String>, ApiError> {
+    let p = s
+        .backend
+        .project(&name)?
+        .ok_or_else(|| ApiError::not_found(format!("no project {name}")))?;
+    let mut rows = String::new();
+    for d in s.backend.deployments()?.iter().filter(|d| d.name == p.name) {
+        let live = p.current_deployment.as_deref() == Some(d.id.as_str());
+        let _ = write!(
+            rows,
+            "<tr data-id='{id}'><td><a href='/deployments/{id}'>{short}</a>{live}</td><td>{badge}</td>\
+             <td class=mono>{commit}</td><td>{created}</td></tr>",
+            id = esc(&d.id),
+            short = esc(&d.id[..d.id.len().min(10)]),
+            live = if live { " <strong>live</strong>" } else { "" },
+            badge = badge(d),
+            commit = esc(d.commit.as_deref().map_or("", |c| &c[..c.len().min(12)])),
+            created = esc(&d.created_at),
+        );
+    }
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("<this peer>");
+    let hook = if s.backend.webhook_secret().is_some() {
+        format!(
+            "<p>In the repository's settings on GitHub, add a webhook: payload URL \
+             <code>http://{host}/api/hooks/github</code> (any peer of the mesh will do), content type \
+             <code>application/json</code>, the mesh's webhook secret, and the <code>push</code> event. \
+             Every push to <code>{branch}</code> is then deployed.</p>",
+            host = esc(host),
+            branch = esc(p.branch.as_deref().unwrap_or("the default branch")),
+        )
+    } else {
+        "<p>Webhooks are off on this mesh: start its peers with <code>--webhook-secret</code> to \
+         deploy on every push, or turn on polling below.</p>"
+            .to_owned()
+    };
+    let body = format!(
+        "<h1>{name}</h1><p class=mono>{repo}</p>\
+         <h2>Auto-deploy</h2>{hook}\
+         <form id=settings class=deploy data-project='{name}'>\
+         <label><span><input type=checkbox name=auto_deploy {checked}> deploy new commits</span></label>\
+         <label>Poll every (seconds, 0 = webhooks only) <input name=poll_interval_secs type=number min=0 max=86400 value={poll}></label>\
+         <label>Branch <input name=branch value='{branch}' placeholder='default branch'></label>\
+         <button>Save</button><output id=settings-result></output></form>\
+         <h2>Deployments</h2><table id=project-deployments><thead><tr><th>Deployment</th><th>Status</th>\
+         <th>Commit</th><th>Created</th></tr></thead><tbody>{rows}</tbody></table>",
+        name = esc(&p.name),
+        repo = esc(&p.repo_url),
+        checked = if p.auto_deploy { "checked" } else { "" },
+        poll = p.poll_interval_secs,
+        branch = esc(p.branch.as_deref().unwrap_or("")),
+    );
+    Ok(page(&p.name, &body))
 }
 
 async fn deployment_page<B: Backend>(

@@ -152,3 +152,30 @@ if (makeLive) {
     }
   });
 }
+
+// A project's auto-deploy settings.
+const settings = document.getElementById("settings");
+if (settings) {
+  settings.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const out = document.getElementById("settings-result");
+    let token = localStorage.getItem("shoal-token") || "";
+    if (!token) {
+      token = prompt("Admin token") || "";
+      if (!token) return;
+      localStorage.setItem("shoal-token", token);
+    }
+    const body = {
+      auto_deploy: settings.elements.auto_deploy.checked,
+      poll_interval_secs: Number(settings.elements.poll_interval_secs.value || 0),
+      branch: settings.elements.branch.value.trim(),
+    };
+    const res = await fetch("/api/projects/" + settings.dataset.project, {
+      method: "PATCH",
+      headers: { "content-type": "application/json", authorization: "Bearer " + token },
+      body: JSON.stringify(body),
+    });
+    const json = await res.json().catch(() => ({}));
+    out.textContent = res.ok ? "Saved." : (json.error || res.status) + ": " + (json.detail || "");
+  });
+}
