@@ -101,6 +101,7 @@ impl DeploymentRecord {
             built_at: (self.built_at_ms > 0).then(|| rfc3339(self.built_at_ms)),
             error: self.error.clone(),
             replicas: Vec::new(),
+            timeline: Vec::new(),
         }
     }
 }
@@ -279,8 +280,16 @@ pub fn log_view(key: &[u8], rec: &LogRecord) -> LogLine {
         step: rec.step.clone(),
         level: rec.level.clone(),
         message: rec.message.clone(),
+        peer: log_peer(key).unwrap_or_default(),
         key: hex::encode(key),
     }
+}
+
+/// The peer that wrote a log row, from its key (see [`log_key`]).
+fn log_peer(key: &[u8]) -> Option<String> {
+    let slash = key.iter().position(|b| *b == b'/')?;
+    let peer = key.get(slash + 1 + 12..)?;
+    String::from_utf8(peer.to_vec()).ok()
 }
 
 /// RFC 3339 UTC with milliseconds.
@@ -391,6 +400,17 @@ mod tests {
             let [a, b, c] = p; laws(a, b, c)?;
             let [a, b, c] = l; laws(a, b, c)?;
         }
+    }
+
+    #[test]
+    fn a_log_key_names_its_writer() {
+        let at = Hlc {
+            wall_ms: 7,
+            counter: 1,
+        };
+        let key = log_key("01DEPLOY", at, "12D3KooPeer");
+        assert_eq!(log_peer(&key).as_deref(), Some("12D3KooPeer"));
+        assert_eq!(log_peer(b"no-slash"), None);
     }
 
     #[test]

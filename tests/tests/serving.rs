@@ -1,7 +1,7 @@
 //! Serving a live site: by Host and by prefix, byte for byte, with the
 //! behaviour of a static host, and nothing outside the site.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::panic)]
 
 use serde_json::json;
 use tests::{random_bytes, raw_get, Peer, Repo, BUILD, TOKEN};
@@ -59,6 +59,30 @@ async fn plain_html_site_goes_live_and_is_served_byte_for_byte() {
     ] {
         assert!(log.contains(step), "no {step} line in\n{log}");
     }
+
+    // The timeline: the steps in order, each by this peer.
+    let d = peer.deployment(&id).await.unwrap();
+    let steps: Vec<&str> = d["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    let order = ["queue", "clone", "detect", "pack", "distribute", "live"];
+    let mut at = 0;
+    for want in order {
+        at += steps[at..]
+            .iter()
+            .position(|s| *s == want)
+            .unwrap_or_else(|| panic!("no {want} after {:?} in {steps:?}", &steps[..at]));
+    }
+    assert!(d["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["peer"] == peer.id.as_str()));
+    let page = peer.page(&format!("/deployments/{id}")).await;
+    assert!(page.contains("<ol id=timeline><li"), "{page}");
 
     // By Host header and by /d/<name>/, byte for byte.
     for (path, want) in [

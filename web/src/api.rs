@@ -119,10 +119,12 @@ async fn show<B: Backend>(
     State(s): State<AppState<B>>,
     Path(id): Path<String>,
 ) -> Result<Json<DeploymentView>, ApiError> {
-    s.backend
+    let mut d = s
+        .backend
         .deployment(&id)?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("no deployment {id}")))
+        .ok_or_else(|| ApiError::not_found(format!("no deployment {id}")))?;
+    d.timeline = crate::model::timeline(&s.backend.logs(&id)?.unwrap_or_default());
+    Ok(Json(d))
 }
 
 async fn projects<B: Backend>(

@@ -80,6 +80,55 @@ pub struct DeploymentView {
     /// What each peer holds of the artifact (only on `GET /api/deployments/{id}`).
     #[serde(default)]
     pub replicas: Vec<ReplicaView>,
+    /// The steps so far, from the log (only on `GET /api/deployments/{id}`).
+    #[serde(default)]
+    pub timeline: Vec<StepView>,
+}
+
+/// One step of a deployment: consecutive log lines of one step by one peer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepView {
+    pub step: String,
+    /// Peer id of the peer that did it.
+    pub peer: String,
+    /// RFC 3339 UTC.
+    pub started_at: String,
+    /// RFC 3339 UTC.
+    pub ended_at: String,
+    /// The step's last line (its outcome).
+    pub summary: String,
+    /// The worst level among its lines: `info`, `warn` or `error`.
+    pub level: String,
+}
+
+/// Groups a deployment's log into steps.
+pub fn timeline(lines: &[LogLine]) -> Vec<StepView> {
+    let rank = |l: &str| match l {
+        "error" => 2,
+        "warn" => 1,
+        _ => 0,
+    };
+    let mut out: Vec<StepView> = Vec::new();
+    for line in lines {
+        match out.last_mut() {
+            Some(s) if s.step == line.step && s.peer == line.peer => {
+                s.ended_at = line.created_at.clone();
+                s.summary = line.message.clone();
+                if rank(&line.level) > rank(&s.level) {
+                    s.level = line.level.clone();
+                }
+            }
+            _ => out.push(StepView {
+                step: line.step.clone(),
+                peer: line.peer.clone(),
+                started_at: line.created_at.clone(),
+                ended_at: line.created_at.clone(),
+                summary: line.message.clone(),
+                level: line.level.clone(),
+            }),
+        }
+    }
+    out
 }
 
 /// A site: its repository and the deployment it serves.
@@ -146,6 +195,9 @@ pub struct LogLine {
     pub step: String,
     pub level: String,
     pub message: String,
+    /// Peer id of the peer that wrote the line.
+    #[serde(default)]
+    pub peer: String,
     /// Unique key of the line within its deployment (not part of the API shape).
     #[serde(skip)]
     pub key: String,

@@ -290,9 +290,24 @@ async fn deployment_page<B: Backend>(
     } else {
         String::new()
     };
+    let mut steps = String::new();
+    for st in crate::model::timeline(&s.backend.logs(&d.id)?.unwrap_or_default()) {
+        let _ = write!(
+            steps,
+            "<li class='{level}'><strong>{step}</strong> <span class=mono>{peer}</span> \
+             <time>{start}</time>–<time>{end}</time>: {summary}</li>",
+            level = esc(&st.level),
+            step = esc(&st.step),
+            peer = esc(&st.peer[st.peer.len().saturating_sub(8)..]),
+            start = esc(st.started_at.get(11..23).unwrap_or(&st.started_at)),
+            end = esc(st.ended_at.get(11..23).unwrap_or(&st.ended_at)),
+            summary = esc(&st.summary),
+        );
+    }
     let body = format!(
         "<h1>{name} {badge}</h1>{error}{cancel}{make_live}<p><a href='{url}'>{url}</a></p>\
          <p>This version: <a id=preview href='{preview}'>{preview}</a></p><dl>{dl}</dl>\
+         <h2>Timeline</h2><ol id=timeline>{steps}</ol>\
          <h2>Replicas</h2><div id=replicas-box data-deployment='{id}'>{replicas}</div>\
          <h2>Log</h2><pre id=log data-deployment='{id}'></pre>",
         name = esc(&d.name),
