@@ -533,9 +533,10 @@ fn live_targets<'a>(
     out
 }
 
+/// The last 8 characters of a peer id (from replicated state: may be anything).
 fn short(id: &str) -> String {
-    let n = id.len();
-    id[n.saturating_sub(8)..].to_owned()
+    let chars: Vec<char> = id.chars().collect();
+    chars[chars.len().saturating_sub(8)..].iter().collect()
 }
 
 fn replica_row(

@@ -192,7 +192,7 @@ async fn check(backend: &NodeBackend, project: crate::model::Project, url: Strin
                 Level::Info,
                 &format!(
                     "new commit {} on {branch}, found by polling on peer {}",
-                    &commit[..commit.len().min(12)],
+                    commit.get(..12).unwrap_or(&commit),
                     state.peer
                 ),
             );

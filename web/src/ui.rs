@@ -29,6 +29,20 @@ pub fn routes<B: Backend>() -> Router<AppState<B>> {
 const CSS: &str = include_str!("ui/ui.css");
 const JS: &str = include_str!("ui/ui.js");
 
+/// The first `n` characters of `s` (never splits a character: ids and
+/// commits come from other peers and may be anything).
+fn head(s: &str, n: usize) -> &str {
+    s.char_indices().nth(n).map_or(s, |(i, _)| &s[..i])
+}
+
+/// The last `n` characters of `s`.
+fn tail(s: &str, n: usize) -> &str {
+    let count = s.chars().count();
+    s.char_indices()
+        .nth(count.saturating_sub(n))
+        .map_or("", |(i, _)| &s[i..])
+}
+
 /// Escapes text for HTML element content and attribute values.
 pub fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -69,7 +83,7 @@ fn row(d: &DeploymentView) -> String {
         id = esc(&d.id),
         name = esc(&d.name),
         badge = badge(d),
-        commit = esc(d.commit.as_deref().map_or("", |c| &c[..c.len().min(12)])),
+        commit = esc(d.commit.as_deref().map_or("", |c| head(c, 12))),
         url = esc(&d.live_url),
         created = esc(&d.created_at),
     )
@@ -119,10 +133,10 @@ async fn projects_page<B: Backend>(State(s): State<AppState<B>>) -> Result<Html<
             last = esc(latest.map_or("", |d| d.created_at.as_str())),
             commit = esc(live
                 .and_then(|d| d.commit.as_deref())
-                .map_or("", |c| &c[..c.len().min(12)])),
+                .map_or("", |c| head(c, 12))),
             builder = esc(live
                 .and_then(|d| d.builder.as_deref())
-                .map_or("", |b| &b[b.len().saturating_sub(8)..])),
+                .map_or("", |b| tail(b, 8))),
             url = esc(live.map_or("", |d| d.live_url.as_str())),
             mode = if p.pinned { "pinned" } else if p.auto_deploy { "auto-deploy" } else { "" },
         );
@@ -157,10 +171,10 @@ async fn project_page<B: Backend>(
             "<tr data-id='{id}'><td><a href='/deployments/{id}'>{short}</a>{live}</td><td>{badge}</td>\
              <td class=mono>{commit}</td><td>{created}</td></tr>",
             id = esc(&d.id),
-            short = esc(&d.id[..d.id.len().min(10)]),
+            short = esc(head(&d.id, 10)),
             live = if live { " <strong>live</strong>" } else { "" },
             badge = badge(d),
-            commit = esc(d.commit.as_deref().map_or("", |c| &c[..c.len().min(12)])),
+            commit = esc(d.commit.as_deref().map_or("", |c| head(c, 12))),
             created = esc(&d.created_at),
         );
     }
@@ -245,7 +259,7 @@ async fn deployment_page<B: Backend>(
              <td>{bytes}</td><td>{updated}</td><td>{error}</td></tr>",
             peer = esc(&r.peer),
             name = esc(r.name.as_deref().unwrap_or("")),
-            short = esc(&r.peer[r.peer.len().saturating_sub(12)..]),
+            short = esc(tail(&r.peer, 12)),
             state = esc(&r.state),
             bytes = r.bytes,
             updated = esc(&r.updated_at),
@@ -298,7 +312,7 @@ async fn deployment_page<B: Backend>(
              <time>{start}</time>–<time>{end}</time>: {summary}</li>",
             level = esc(&st.level),
             step = esc(&st.step),
-            peer = esc(&st.peer[st.peer.len().saturating_sub(8)..]),
+            peer = esc(tail(&st.peer, 8)),
             start = esc(st.started_at.get(11..23).unwrap_or(&st.started_at)),
             end = esc(st.ended_at.get(11..23).unwrap_or(&st.ended_at)),
             summary = esc(&st.summary),
@@ -331,7 +345,7 @@ async fn peers_page<B: Backend>(State(s): State<AppState<B>>) -> Html<String> {
             id = esc(&p.id),
             name = esc(&p.name),
             me = if p.is_self { " (this peer)" } else { "" },
-            short = esc(&p.id[p.id.len().saturating_sub(12)..]),
+            short = esc(tail(&p.id, 12)),
             region = esc(&p.region),
             load = p.load,
             seen = esc(&p.last_seen),
@@ -344,6 +358,22 @@ async fn peers_page<B: Backend>(State(s): State<AppState<B>>) -> Html<String> {
          <tbody>{rows}</tbody></table>"
     );
     page("Peers", &body)
+}
+
+#[cfg(test)]
+mod cut_tests {
+    use super::{head, tail};
+
+    #[test]
+    fn cutting_never_splits_a_character() {
+        assert_eq!(head("abcdef", 3), "abc");
+        assert_eq!(head("ab", 3), "ab");
+        assert_eq!(tail("abcdef", 2), "ef");
+        assert_eq!(tail("ab", 5), "ab");
+        assert_eq!(head("ééé", 2), "éé");
+        assert_eq!(tail("ééé", 1), "é");
+        assert_eq!(tail("", 3), "");
+    }
 }
 
 #[cfg(test)]
