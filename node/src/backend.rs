@@ -108,6 +108,7 @@ impl NodeBackend {
                     pinned: false,
                     poll_interval_secs: 0,
                     branch: rec.git_ref.clone(),
+                    webhook_secret: None,
                 })
                 .map(|_| ()),
         }
@@ -122,6 +123,7 @@ impl NodeBackend {
             auto_deploy: project.auto_deploy,
             poll_interval_secs: project.poll_interval_secs,
             branch: project.branch.clone(),
+            has_webhook_secret: project.webhook_secret.is_some(),
             updated_at: crate::model::rfc3339(project.stamp.wall_ms),
         }
     }
@@ -142,6 +144,9 @@ fn same_repo(url: &str) -> String {
         path
     )
 }
+
+/// Shortest webhook secret accepted for a project.
+const MIN_SECRET_LEN: usize = 16;
 
 /// Bounds of a project's poll interval, in seconds.
 pub const MIN_POLL_SECS: u64 = 1;
@@ -352,6 +357,16 @@ impl web::Backend for NodeBackend {
                 Some(validate::git_ref(branch).map_err(invalid)?)
             };
         }
+        if let Some(secret) = req.webhook_secret {
+            let secret = secret.trim();
+            if !secret.is_empty() && secret.len() < MIN_SECRET_LEN {
+                return Err(ApiError::bad_request(
+                    "weak_webhook_secret",
+                    format!("a webhook secret needs at least {MIN_SECRET_LEN} characters"),
+                ));
+            }
+            project.webhook_secret = (!secret.is_empty()).then(|| secret.to_owned());
+        }
         let project = self.state.put_project(project).map_err(internal)?;
         let rows = self.state.deployments().map_err(internal)?;
         Ok(Some(self.project_view(&project, &rows)))
@@ -422,11 +437,21 @@ impl web::Backend for NodeBackend {
         Ok(Some(self.project_view(&project, &rows)))
     }
 
-    fn webhook_secret(&self) -> Option<&str> {
-        self.webhook_secret.as_deref()
+    fn webhook_secrets(&self) -> Vec<(Option<String>, String)> {
+        let mut out: Vec<(Option<String>, String)> = self
+            .webhook_secret
+            .iter()
+            .map(|s| (None, s.clone()))
+            .collect();
+        for p in self.state.projects().unwrap_or_default() {
+            if let Some(secret) = p.webhook_secret {
+                out.push((Some(p.name), secret));
+            }
+        }
+        out
     }
 
-    fn github_push(&self, push: Push) -> Result<PushOutcome, ApiError> {
+    fn github_push(&self, push: Push, scope: Option<&str>) -> Result<PushOutcome, ApiError> {
         if let Some(seen) = self.state.delivery(&push.delivery).map_err(internal)? {
             return Ok(PushOutcome::Duplicate(seen.deployments));
         }
@@ -437,6 +462,7 @@ impl web::Backend for NodeBackend {
             .map_err(internal)?
             .into_iter()
             .filter(|p| wanted.contains(&same_repo(&p.repo_url)))
+            .filter(|p| scope.is_none_or(|name| p.name == name))
             .collect();
         if projects.is_empty() {
             return Ok(PushOutcome::UnknownRepository);

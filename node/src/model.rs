@@ -229,6 +229,10 @@ pub struct Project {
     /// The branch auto-deploy follows (none: the repository's default).
     #[serde(default)]
     pub branch: Option<String>,
+    /// The project's own webhook secret (replicated to every peer, so any
+    /// peer can check a delivery; never shown by the API).
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
 }
 
 impl Merge for Project {
@@ -380,7 +384,7 @@ mod tests {
     prop_compose! {
         fn project()(current in proptest::option::of("[xy]"), auto in any::<bool>(), stamp in stamp(), writer in "[ab]") -> Project {
             Project { name: "n".into(), repo_url: "r".into(), current_deployment: current, auto_deploy: auto, stamp, writer, pinned: auto,
-                      poll_interval_secs: 0, branch: None }
+                      poll_interval_secs: 0, branch: None, webhook_secret: None }
         }
     }
     prop_compose! {

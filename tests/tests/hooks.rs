@@ -268,3 +268,65 @@ async fn polling_deploys_new_commits_of_repositories_without_webhooks() {
         .collect();
     assert_eq!(built.len(), 1, "{list:?}");
 }
+
+#[tokio::test]
+async fn a_project_secret_signs_for_that_project_only() {
+    // No mesh-wide secret: only projects with their own take webhooks.
+    let peer = Peer::start(&[]).await.unwrap();
+    let mine = Repo::new(&[("index.html", b"mine v1")]).unwrap();
+    let theirs = Repo::new(&[("index.html", b"theirs v1")]).unwrap();
+    for (repo, name) in [(&mine, "mine"), (&theirs, "theirs")] {
+        let (_, d) = peer.deploy_and_wait(repo.path(), name).await.unwrap();
+        assert_eq!(d["status"], "success", "{d}");
+    }
+    let secret = "a project's own secret, long enough";
+    let set = |body: Value| {
+        peer.client()
+            .patch(format!("{}/api/projects/mine", peer.http))
+            .bearer_auth(tests::TOKEN)
+            .json(&body)
+            .send()
+    };
+    assert_eq!(
+        set(json!({"webhook_secret": "short"}))
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    let res = set(json!({"webhook_secret": secret})).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let project: Value = res.json().await.unwrap();
+    assert_eq!(project["has_webhook_secret"], true);
+    assert!(
+        !project.to_string().contains(secret),
+        "the secret is never shown"
+    );
+
+    let mine_url = mine.path().to_str().unwrap().to_owned();
+    let theirs_url = theirs.path().to_str().unwrap().to_owned();
+    let before = mine.git(&["rev-parse", "HEAD"]).unwrap();
+    let after = mine.commit(&[("index.html", b"mine v2")], "v2").unwrap();
+    let push = push_body(&mine_url, "main", &before, &after);
+    let (status, _) = deliver(&peer, "push", "p-1", &push, SECRET).await;
+    assert_eq!(status, 401, "another secret");
+    // Signed with mine's secret but about the other repository: not mine to deploy.
+    let other = theirs
+        .commit(&[("index.html", b"theirs v2")], "v2")
+        .unwrap();
+    let (status, _) = deliver(
+        &peer,
+        "push",
+        "p-2",
+        &push_body(&theirs_url, "main", &before, &other),
+        secret,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, body) = deliver(&peer, "push", "p-3", &push, secret).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["deployments"][0].as_str().unwrap().to_owned();
+    let d = peer.wait_status(&id, &["success"], BUILD).await.unwrap();
+    assert_eq!(d["commit"], after.as_str());
+    assert_eq!(peer.site_bytes("theirs", "/").await.unwrap(), b"theirs v1");
+}

@@ -92,15 +92,23 @@ pub(crate) async fn github<B: Backend>(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let Some(secret) = s.backend.webhook_secret() else {
+    let secrets = s.backend.webhook_secrets();
+    if secrets.is_empty() {
         return Err(ApiError {
             status: StatusCode::FORBIDDEN,
             error: "webhooks_disabled",
-            detail: "this mesh takes no webhooks: start its peers with --webhook-secret".into(),
+            detail: "this mesh takes no webhooks: start its peers with --webhook-secret, \
+                     or give a project its own secret"
+                .into(),
         });
-    };
+    }
     let signature = header(&headers, "x-hub-signature-256").unwrap_or("");
-    if !signature_ok(secret.as_bytes(), &body, signature) {
+    // Which secret signed it decides what it may deploy: the mesh's, any
+    // project; a project's, that project only.
+    let Some((scope, _)) = secrets
+        .iter()
+        .find(|(_, secret)| signature_ok(secret.as_bytes(), &body, signature))
+    else {
         return Err(ApiError {
             status: StatusCode::UNAUTHORIZED,
             error: "bad_signature",
@@ -108,7 +116,7 @@ pub(crate) async fn github<B: Backend>(
                 "X-Hub-Signature-256 is missing or does not match the body and the webhook secret"
                     .into(),
         });
-    }
+    };
     let event = header(&headers, "x-github-event").unwrap_or("");
     let delivery = header(&headers, "x-github-delivery").unwrap_or("").trim();
     match event {
@@ -146,7 +154,7 @@ pub(crate) async fn github<B: Backend>(
             .collect(),
         default_branch: repo.default_branch,
     };
-    match s.backend.github_push(push)? {
+    match s.backend.github_push(push, scope.as_deref())? {
         PushOutcome::Deployed(ids) => {
             Ok((StatusCode::ACCEPTED, Json(json!({"deployments": ids}))).into_response())
         }

@@ -68,11 +68,18 @@ pub trait Backend: Send + Sync + 'static {
     fn site_domain(&self) -> &str;
     /// Prometheus text lines for the node's own figures.
     fn metrics(&self) -> String;
-    /// The secret GitHub signs webhook deliveries with; `None`: webhooks off.
-    fn webhook_secret(&self) -> Option<&str>;
+    /// The secrets GitHub may sign webhook deliveries with: the mesh's
+    /// (scope `None`) and each project's own (scope: its name). Empty:
+    /// webhooks are off.
+    fn webhook_secrets(&self) -> Vec<(Option<String>, String)>;
     /// Deploys a verified push to every project that follows its
-    /// repository and branch, once per delivery.
-    fn github_push(&self, push: hooks::Push) -> Result<hooks::PushOutcome, ApiError>;
+    /// repository and branch (only project `scope` if the delivery was
+    /// signed with that project's secret), once per delivery.
+    fn github_push(
+        &self,
+        push: hooks::Push,
+        scope: Option<&str>,
+    ) -> Result<hooks::PushOutcome, ApiError>;
 }
 
 /// The UI and JSON API router.

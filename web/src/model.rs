@@ -147,6 +147,9 @@ pub struct ProjectView {
     pub poll_interval_secs: u64,
     /// The branch followed (none: the repository's default branch).
     pub branch: Option<String>,
+    /// Whether the project has its own webhook secret (never shown).
+    #[serde(default)]
+    pub has_webhook_secret: bool,
     /// RFC 3339 UTC.
     pub updated_at: String,
 }
@@ -161,6 +164,9 @@ pub struct ProjectSettings {
     pub poll_interval_secs: Option<u64>,
     #[serde(default)]
     pub branch: Option<String>,
+    /// This project's own webhook secret (empty: none; the mesh's applies).
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
 }
 
 /// The body of `POST /api/projects/{name}/rollback` and `/promote`.

@@ -182,11 +182,12 @@ async fn project_page<B: Backend>(
         .get(axum::http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("<this peer>");
-    let hook = if s.backend.webhook_secret().is_some() {
+    let hook = if !s.backend.webhook_secrets().is_empty() {
         format!(
             "<p>In the repository's settings on GitHub, add a webhook: payload URL \
              <code>http://{host}/api/hooks/github</code> (any peer of the mesh will do), content type \
-             <code>application/json</code>, the mesh's webhook secret, and the <code>push</code> event. \
+             <code>application/json</code>, the mesh's webhook secret (or this project's own), and the \
+             <code>push</code> event. \
              Every push to <code>{branch}</code> is then deployed.</p>",
             host = esc(host),
             branch = esc(p.branch.as_deref().unwrap_or("the default branch")),
@@ -203,6 +204,7 @@ async fn project_page<B: Backend>(
          <label><span><input type=checkbox name=auto_deploy {checked}> deploy new commits</span></label>\
          <label>Poll every (seconds, 0 = webhooks only) <input name=poll_interval_secs type=number min=0 max=86400 value={poll}></label>\
          <label>Branch <input name=branch value='{branch}' placeholder='default branch'></label>\
+         <label>Webhook secret of this project <input name=webhook_secret type=password autocomplete=off placeholder='{secret_hint}'></label>\
          <button>Save</button><output id=settings-result></output></form>\
          <h2>Deployments</h2><table id=project-deployments><thead><tr><th>Deployment</th><th>Status</th>\
          <th>Commit</th><th>Created</th></tr></thead><tbody>{rows}</tbody></table>",
@@ -211,6 +213,7 @@ async fn project_page<B: Backend>(
         checked = if p.auto_deploy { "checked" } else { "" },
         poll = p.poll_interval_secs,
         branch = esc(p.branch.as_deref().unwrap_or("")),
+        secret_hint = if p.has_webhook_secret { "set (type to replace)" } else { "none: the mesh's" },
     );
     Ok(page(&p.name, &body))
 }

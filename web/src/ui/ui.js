@@ -170,6 +170,8 @@ if (settings) {
       poll_interval_secs: Number(settings.elements.poll_interval_secs.value || 0),
       branch: settings.elements.branch.value.trim(),
     };
+    const secret = settings.elements.webhook_secret.value.trim();
+    if (secret) body.webhook_secret = secret;
     const res = await fetch("/api/projects/" + settings.dataset.project, {
       method: "PATCH",
       headers: { "content-type": "application/json", authorization: "Bearer " + token },
