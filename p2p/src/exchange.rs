@@ -55,6 +55,8 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A server stream with nothing asked for this long is closed.
 const IDLE: Duration = Duration::from_secs(120);
+/// Blocks received on one stream and waiting to be checked and stored.
+const STORE_QUEUE: usize = 8;
 /// Shortest time between two `HaveMore` updates on one stream.
 const HAVE_EVERY: Duration = Duration::from_millis(20);
 /// How often a fetch looks for new sources and stalls.
@@ -1124,29 +1126,21 @@ async fn session(
             }
             Ok::<(), ExchangeError>(())
         };
+        // Blocks are checked and stored by a second loop, so that reading
+        // the stream never waits for the disk (a few blocks may queue).
+        let (put_tx, mut put_rx) = mpsc::channel::<(u32, ByteBuf)>(STORE_QUEUE);
         let reader = async {
             loop {
                 match read_frame(&mut rd, MAX_FRAME).await? {
                     Frame::Block { index, data } => {
-                        let i = index as usize;
-                        if i >= manifest.len() {
+                        if index as usize >= manifest.len() {
                             return Err(ExchangeError::Protocol("block index out of range".into()));
                         }
                         let len = data.len() as u64;
                         ex.stats.fetched_bytes.fetch_add(len, Ordering::Relaxed);
                         ex.stats.fetched_blocks.fetch_add(1, Ordering::Relaxed);
-                        let hash = manifest.hash(i);
-                        let store = ex.store.clone();
-                        let stored = tokio::task::spawn_blocking(move || store.put(&hash, &data))
-                            .await
-                            .map_err(|e| ExchangeError::Protocol(e.to_string()))?;
-                        match stored {
-                            Ok(new) => send(Event::Stored { index, new }).await,
-                            Err(BlockError::Corrupt(_)) => {
-                                send(Event::Bad(index)).await;
-                                return Ok(());
-                            }
-                            Err(e) => return Err(e.into()),
+                        if put_tx.send((index, data)).await.is_err() {
+                            return Ok(());
                         }
                     }
                     Frame::HaveMore { blocks } => send(Event::HaveMore(blocks)).await,
@@ -1155,9 +1149,28 @@ async fn session(
                 }
             }
         };
+        let storer = async {
+            while let Some((index, data)) = put_rx.recv().await {
+                let hash = manifest.hash(index as usize);
+                let store = ex.store.clone();
+                let stored = tokio::task::spawn_blocking(move || store.put(&hash, &data))
+                    .await
+                    .map_err(|e| ExchangeError::Protocol(e.to_string()))?;
+                match stored {
+                    Ok(new) => send(Event::Stored { index, new }).await,
+                    Err(BlockError::Corrupt(_)) => {
+                        send(Event::Bad(index)).await;
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(())
+        };
         tokio::select! {
             r = writer => r,
             r = reader => r,
+            r = storer => r,
         }
     }
     .await;
