@@ -330,3 +330,62 @@ async fn a_project_secret_signs_for_that_project_only() {
     assert_eq!(d["commit"], after.as_str());
     assert_eq!(peer.site_bytes("theirs", "/").await.unwrap(), b"theirs v1");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_delivery_at_two_peers_at_once_is_built_once() {
+    let mesh = Mesh::start_with(2, &["--webhook-secret", SECRET])
+        .await
+        .unwrap();
+    let repo = Repo::new(&[("index.html", b"v1")]).unwrap();
+    let url = repo.path().to_str().unwrap().to_owned();
+    let (_, first) = mesh.peers[0]
+        .deploy_and_wait(repo.path(), "twice")
+        .await
+        .unwrap();
+    assert_eq!(first["status"], "success", "{first}");
+    let before = repo.git(&["rev-parse", "HEAD"]).unwrap();
+    let after = repo.commit(&[("index.html", b"v2")], "v2").unwrap();
+    let push = push_body(&url, "main", &before, &after);
+    // GitHub retried the delivery, and the retry landed on the other peer
+    // before the first one had been replicated.
+    let (a, b) = tokio::join!(
+        deliver(&mesh.peers[0], "push", "twin", &push, SECRET),
+        deliver(&mesh.peers[1], "push", "twin", &push, SECRET)
+    );
+    assert!(a.0 == 202 || a.0 == 200, "{a:?}");
+    assert!(b.0 == 202 || b.0 == 200, "{b:?}");
+    let observer = &mesh.peers[1];
+    let live = wait_until(
+        "the pushed commit to be live",
+        Duration::from_secs(30),
+        || async {
+            let list = observer.deployments().await.ok()?;
+            let ended = list
+                .iter()
+                .filter(|d| d["commit"] == after.as_str())
+                .all(|d| d["status"] == "success" || d["status"] == "canceled");
+            (ended && observer.site_bytes("twice", "/").await? == b"v2").then_some(list)
+        },
+    )
+    .await
+    .unwrap();
+    let of_commit: Vec<&Value> = live
+        .iter()
+        .filter(|d| d["commit"] == after.as_str())
+        .collect();
+    let succeeded = of_commit
+        .iter()
+        .filter(|d| d["status"] == "success")
+        .count();
+    assert_eq!(succeeded, 1, "{of_commit:?}");
+    let mut packs = 0;
+    for d in &of_commit {
+        packs += observer
+            .log_text(d["id"].as_str().unwrap())
+            .await
+            .unwrap()
+            .matches("[pack] packed")
+            .count();
+    }
+    assert_eq!(packs, 1, "built once: {of_commit:?}");
+}
