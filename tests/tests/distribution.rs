@@ -491,3 +491,53 @@ async fn a_deployment_that_cannot_reach_every_peer_in_time_fails_and_is_not_swit
         assert_eq!(peer.site_bytes("slow", "/").await.unwrap(), b"v1");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_restarted_mid_fetch_resumes_with_the_blocks_it_has() {
+    let mut mesh = Mesh::start_with(3, &["--upload-limit-kib", "2048"])
+        .await
+        .unwrap();
+    let repo = big_site(12 << 20, 60);
+    let blob = std::fs::read(repo.path().join("assets/big.bin")).unwrap();
+    let id = mesh.peers[0].deploy(repo.path(), "resume").await.unwrap();
+    let watcher = &mesh.peers[0];
+    // A peer other than the builder that holds part of the artifact.
+    let (peer, partial, size) = wait_until(
+        "a peer to hold part of it",
+        Duration::from_secs(60),
+        || async {
+            let d = watcher.deployment(&id).await.ok()?;
+            let builder = d["builder"].as_str()?.to_owned();
+            d["replicas"].as_array()?.iter().find_map(|r| {
+                let (bytes, total) = (r["bytes"].as_u64()?, r["total"].as_u64()?);
+                (r["peer"] != builder.as_str()
+                    && r["state"] == "fetching"
+                    && bytes > total / 10
+                    && bytes < total / 2)
+                    .then(|| (r["peer"].as_str().unwrap().to_owned(), bytes, total))
+            })
+        },
+    )
+    .await
+    .unwrap();
+    let victim = mesh.peers.iter().position(|p| p.id == peer).unwrap();
+    mesh.peers[victim].stop(true).unwrap();
+    mesh.peers[victim].restart(true).await.unwrap();
+    let back = &mesh.peers[victim];
+    wait_until(
+        "the restarted peer to serve it",
+        Duration::from_secs(60),
+        || async { (back.site_bytes("resume", "/assets/big.bin").await? == blob).then_some(()) },
+    )
+    .await
+    .unwrap();
+    // After the restart it fetched only what it lacked.
+    let fetched = back.metric("shoal_blocks_fetched_bytes_total").await;
+    let (partial, size) = (partial as f64, size as f64);
+    assert!(
+        fetched <= size - partial + size * 0.02,
+        "fetched {fetched} after the restart, though it held {partial} of {size}"
+    );
+    let d = back.wait_status(&id, &["success"], BUILD).await.unwrap();
+    assert_eq!(d["status"], "success");
+}
