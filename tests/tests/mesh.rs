@@ -10,19 +10,9 @@ use tests::{wait_until, Mesh, Peer, Repo, BUILD};
 
 /// Waits until `peer` shows deployment `id` with a status in `statuses`.
 async fn wait_status(peer: &Peer, id: &str, statuses: &[&str], within: Duration) -> Value {
-    let result = wait_until(
-        &format!("deployment {id} to reach {statuses:?}"),
-        within,
-        || async {
-            let d = peer.deployment(id).await.ok()?;
-            statuses.contains(&d["status"].as_str()?).then_some(d)
-        },
-    )
-    .await;
-    match result {
-        Ok(d) => d,
-        Err(e) => panic!("{e}\n{}", peer.log_text(id).await.unwrap_or_default()),
-    }
+    peer.wait_status(id, statuses, within)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Runs a future to completion from a sync context inside the test runtime.

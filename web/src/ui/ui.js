@@ -8,6 +8,27 @@ function el(tag, attrs, text) {
   return e;
 }
 
+// A write to the API with the admin token (asked for once, then kept in
+// this browser). Returns the response and its JSON body, or null if the
+// user gave no token.
+async function write(method, url, body) {
+  let token = localStorage.getItem("shoal-token") || "";
+  if (!token) {
+    token = prompt("Admin token") || "";
+    if (!token) return null;
+    localStorage.setItem("shoal-token", token);
+  }
+  const headers = { authorization: "Bearer " + token };
+  if (body !== undefined) headers["content-type"] = "application/json";
+  const res = await fetch(url, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const json = await res.json().catch(() => ({}));
+  return { res, json };
+}
+
+function problem(r) {
+  return (r.json.error || r.res.status) + ": " + (r.json.detail || "");
+}
+
 const form = document.getElementById("deploy");
 if (form) {
   const token = form.elements.token;
@@ -101,53 +122,32 @@ if (replicasBox) {
   }, 1000);
 }
 
-// Cancel a queued or building deployment (needs the admin token).
+// Cancel a queued or building deployment.
 const cancelButton = document.getElementById("cancel");
 if (cancelButton) {
   cancelButton.addEventListener("click", async () => {
     const out = document.getElementById("cancel-result");
-    let token = localStorage.getItem("shoal-token") || "";
-    if (!token) {
-      token = prompt("Admin token") || "";
-      if (!token) return;
-      localStorage.setItem("shoal-token", token);
-    }
     cancelButton.disabled = true;
-    const res = await fetch("/api/deployments/" + cancelButton.dataset.deployment + "/cancel", {
-      method: "POST",
-      headers: { authorization: "Bearer " + token },
-    });
-    const json = await res.json().catch(() => ({}));
-    if (res.ok) out.textContent = "Canceled.";
+    const r = await write("POST", "/api/deployments/" + cancelButton.dataset.deployment + "/cancel");
+    if (r && r.res.ok) out.textContent = "Canceled.";
     else {
-      out.textContent = (json.error || res.status) + ": " + (json.detail || "");
+      if (r) out.textContent = problem(r);
       cancelButton.disabled = false;
     }
   });
 }
 
-// Roll back to, or promote, a successful version (needs the admin token).
+// Roll back to, or promote, a successful version.
 const makeLive = document.getElementById("make-live");
 if (makeLive) {
   makeLive.addEventListener("click", async () => {
     const out = document.getElementById("make-live-result");
-    let token = localStorage.getItem("shoal-token") || "";
-    if (!token) {
-      token = prompt("Admin token") || "";
-      if (!token) return;
-      localStorage.setItem("shoal-token", token);
-    }
     makeLive.disabled = true;
     const { project, deployment, verb } = makeLive.dataset;
-    const res = await fetch("/api/projects/" + project + "/" + verb, {
-      method: "POST",
-      headers: { "content-type": "application/json", authorization: "Bearer " + token },
-      body: JSON.stringify({ deployment_id: deployment }),
-    });
-    const json = await res.json().catch(() => ({}));
-    if (res.ok) out.textContent = "Every peer switches to this version now.";
+    const r = await write("POST", "/api/projects/" + project + "/" + verb, { deployment_id: deployment });
+    if (r && r.res.ok) out.textContent = "Every peer switches to this version now.";
     else {
-      out.textContent = (json.error || res.status) + ": " + (json.detail || "");
+      if (r) out.textContent = problem(r);
       makeLive.disabled = false;
     }
   });
@@ -159,12 +159,6 @@ if (settings) {
   settings.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const out = document.getElementById("settings-result");
-    let token = localStorage.getItem("shoal-token") || "";
-    if (!token) {
-      token = prompt("Admin token") || "";
-      if (!token) return;
-      localStorage.setItem("shoal-token", token);
-    }
     const body = {
       auto_deploy: settings.elements.auto_deploy.checked,
       poll_interval_secs: Number(settings.elements.poll_interval_secs.value || 0),
@@ -172,12 +166,7 @@ if (settings) {
     };
     const secret = settings.elements.webhook_secret.value.trim();
     if (secret) body.webhook_secret = secret;
-    const res = await fetch("/api/projects/" + settings.dataset.project, {
-      method: "PATCH",
-      headers: { "content-type": "application/json", authorization: "Bearer " + token },
-      body: JSON.stringify(body),
-    });
-    const json = await res.json().catch(() => ({}));
-    out.textContent = res.ok ? "Saved." : (json.error || res.status) + ": " + (json.detail || "");
+    const r = await write("PATCH", "/api/projects/" + settings.dataset.project, body);
+    if (r) out.textContent = r.res.ok ? "Saved." : problem(r);
   });
 }
