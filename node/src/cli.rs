@@ -29,21 +29,26 @@ async fn check(res: reqwest::Response) -> anyhow::Result<Value> {
     bail!("{status}: {error}: {detail}")
 }
 
-fn token(c: &ClientArgs) -> anyhow::Result<String> {
-    c.token
+/// A write with the admin token; returns the answer's JSON body.
+async fn post(c: &ClientArgs, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    let token = c
+        .token
         .clone()
-        .context("a token is needed: pass --token or set SHOAL_TOKEN")
+        .context("a token is needed: pass --token or set SHOAL_TOKEN")?;
+    let mut req = client()?.post(url(c, path)).bearer_auth(token);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let res = req
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {}", c.peer))?;
+    check(res).await
 }
 
 pub async fn cancel(args: IdArgs) -> anyhow::Result<()> {
     let path = format!("/api/deployments/{}/cancel", args.id);
-    let res = client()?
-        .post(url(&args.client, &path))
-        .bearer_auth(token(&args.client)?)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {}", args.client.peer))?;
-    let dep = check(res).await?;
+    let dep = post(&args.client, &path, None).await?;
     println!(
         "deployment {} {}",
         args.id,
@@ -54,14 +59,8 @@ pub async fn cancel(args: IdArgs) -> anyhow::Result<()> {
 
 pub async fn set_current(args: SetCurrentArgs, verb: &str) -> anyhow::Result<()> {
     let path = format!("/api/projects/{}/{verb}", args.name);
-    let res = client()?
-        .post(url(&args.client, &path))
-        .bearer_auth(token(&args.client)?)
-        .json(&json!({"deployment_id": args.deployment}))
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {}", args.client.peer))?;
-    let project = check(res).await?;
+    let body = json!({"deployment_id": args.deployment});
+    let project = post(&args.client, &path, Some(body)).await?;
     println!(
         "{}: every peer now serves deployment {}{}",
         args.name,
@@ -106,16 +105,8 @@ pub async fn peers(args: PeersArgs) -> anyhow::Result<()> {
 }
 
 pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
-    let token = token(&args.client)?;
     let body = json!({"repo_url": args.repo_url, "name": args.name, "ref": args.git_ref, "commit": args.commit});
-    let res = client()?
-        .post(url(&args.client, "/api/deployments"))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {}", args.client.peer))?;
-    let dep = check(res).await?;
+    let dep = post(&args.client, "/api/deployments", Some(body)).await?;
     let id = dep["id"].as_str().unwrap_or_default().to_owned();
     println!(
         "deployment {id} queued for {}",

@@ -107,19 +107,9 @@ impl Distributor {
         self.tasks.abort_all();
     }
 
-    fn alive(&self) -> Vec<PeerView> {
-        let info = self.shared.info.borrow().clone();
-        self.shared
-            .members
-            .view(&info, &[])
-            .into_iter()
-            .filter(|p| p.alive)
-            .collect()
-    }
-
     fn reconcile(&mut self) -> Result<(), p2p::StoreError> {
         let state = self.shared.state.clone();
-        let alive = self.alive();
+        let alive = self.shared.live_peers();
         for rec in state.deployments()? {
             if matches!(rec.status, Status::Built | Status::Distributed) {
                 self.advance(&rec, &alive)?;
@@ -566,10 +556,9 @@ fn replica_row(
 
 /// Where to look for the blocks of `deployment`, best first.
 fn sources(shared: &Shared, deployment: &str) -> Vec<PeerId> {
-    let info = shared.info.borrow().clone();
-    let view = shared.members.view(&info, &[]);
+    let region = shared.info.borrow().region.clone();
     let replicas = shared.state.replicas(deployment).unwrap_or_default();
-    rank_sources(&view, &replicas, &info.region)
+    rank_sources(&shared.live_peers(), &replicas, &region)
 }
 
 /// Live peers other than this one, best source first: peers in `region`
@@ -719,7 +708,6 @@ async fn replicate(
                 total,
                 None,
             ));
-            let _ = client.provide(id.to_vec()).await;
             let how = if complete_here {
                 "built here".to_owned()
             } else {

@@ -146,12 +146,10 @@ pub async fn build_and_publish(
 
 /// Whether a live peer reports `capability`.
 fn someone_has(shared: &Shared, capability: &str) -> bool {
-    let info = shared.info.borrow().clone();
     shared
-        .members
-        .view(&info, &[])
+        .live_peers()
         .iter()
-        .any(|p| p.alive && p.capabilities.iter().any(|c| c == capability))
+        .any(|p| p.capabilities.iter().any(|c| c == capability))
 }
 
 /// Gives a deployment back to the mesh (a new epoch, queued again) with a

@@ -87,13 +87,10 @@ impl Poller {
 
     /// The live peer that polls `project`.
     fn poller_of(&self, project: &str) -> Option<String> {
-        let info = self.shared.info.borrow().clone();
         let key = format!("poll/{project}");
         self.shared
-            .members
-            .view(&info, &[])
+            .live_peers()
             .into_iter()
-            .filter(|p| p.alive)
             .max_by_key(|p| (election::weight(&key, &p.id), p.id.clone()))
             .map(|p| p.id)
     }

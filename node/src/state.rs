@@ -150,11 +150,7 @@ impl State {
         project.stamp = self.clock.now();
         project.writer = self.peer.clone();
         let key = project.name.clone();
-        let (merged, changed) = self.projects.merge(key.as_bytes(), project)?;
-        if changed {
-            tokio::task::block_in_place(|| self.store.flush_now())?;
-        }
-        Ok(merged)
+        self.merge_durably(&self.projects, key.as_bytes(), project)
     }
 
     pub fn delivery(&self, id: &str) -> Result<Option<Delivery>, StoreError> {
@@ -205,7 +201,22 @@ impl State {
         rec.stamp = self.clock.now();
         rec.writer = self.peer.clone();
         let key = rec.id.clone();
-        let (merged, changed) = self.deployments.merge(key.as_bytes(), rec)?;
+        self.merge_durably(&self.deployments, key.as_bytes(), rec)
+    }
+
+    /// Merges `row` and, if that changed anything, flushes to disk before
+    /// returning.
+    fn merge_durably<T>(&self, table: &Table<T>, key: &[u8], row: T) -> Result<T, StoreError>
+    where
+        T: p2p::Merge
+            + serde::Serialize
+            + serde::de::DeserializeOwned
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+    {
+        let (merged, changed) = table.merge(key, row)?;
         if changed {
             // fsync can take a while: let this worker's other tasks (the
             // swarm, gossip) move to another thread meanwhile.

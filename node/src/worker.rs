@@ -15,7 +15,7 @@ use crate::metrics::NodeMetrics;
 use crate::model::DeploymentRecord;
 use crate::site::Sites;
 use crate::state::{Level, State};
-use p2p::members::{LocalInfo, Members};
+use p2p::members::{LocalInfo, Members, PeerView};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -50,6 +50,18 @@ pub struct Shared {
     pub active_builds: Arc<AtomicUsize>,
     /// How long a claim holds without renewal (`--lease`).
     pub lease: Duration,
+}
+
+impl Shared {
+    /// The live peers of the mesh as this peer sees them, itself included.
+    pub fn live_peers(&self) -> Vec<PeerView> {
+        let info = self.info.borrow().clone();
+        self.members
+            .view(&info, &[])
+            .into_iter()
+            .filter(|p| p.alive)
+            .collect()
+    }
 }
 
 /// A build this peer is running.
@@ -174,14 +186,12 @@ impl Worker {
 
     /// The live peers that could build, as this peer sees them.
     fn candidates(&self) -> Vec<Candidate> {
-        let info = self.shared.info.borrow().clone();
         self.shared
-            .members
-            .view(&info, &[])
+            .live_peers()
             .into_iter()
             // A peer with no free build slot cannot take a build: leaving it
             // out lets the next peer claim at once instead of after a stagger.
-            .filter(|p| p.alive && p.free_slots > 0)
+            .filter(|p| p.free_slots > 0)
             .map(|p| Candidate {
                 id: p.id,
                 load: p.load,

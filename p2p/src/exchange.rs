@@ -284,6 +284,39 @@ pub struct Progress {
 /// so peers that appear later are used too).
 pub type Candidates = Arc<dyn Fn() -> Vec<PeerId> + Send + Sync>;
 
+/// The Kademlia providers of one artifact, looked up in the background
+/// every so often: beside the candidates, never in front of them (they
+/// usually have it already).
+struct Providers {
+    found: Arc<Mutex<Vec<PeerId>>>,
+    every: Duration,
+    last: Option<Instant>,
+}
+
+impl Providers {
+    fn new(every: Duration) -> Self {
+        Self {
+            found: Arc::default(),
+            every,
+            last: None,
+        }
+    }
+
+    /// The providers found by the last lookup; starts a new lookup if due.
+    fn get(&mut self, client: &crate::net::Client, id: &Hash) -> Vec<PeerId> {
+        if self.last.is_none_or(|t| t.elapsed() > self.every) {
+            self.last = Some(Instant::now());
+            let (client, key, found) = (client.clone(), id.to_vec(), self.found.clone());
+            tokio::spawn(async move {
+                if let Ok(list) = client.providers(key).await {
+                    *found.lock().unwrap_or_else(|p| p.into_inner()) = list;
+                }
+            });
+        }
+        self.found.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 /// The block exchange of one peer: serves what it holds, fetches what it is asked to.
 pub struct Exchange {
     pub store: Arc<BlockStore>,
@@ -547,28 +580,10 @@ impl Exchange {
         candidates: &Candidates,
         client: &crate::net::Client,
     ) -> Result<Arc<Held>, ExchangeError> {
-        // Kademlia providers are looked up beside the candidates, never
-        // in front of them: the candidates usually have it already.
-        let providers: Arc<Mutex<Vec<PeerId>>> = Arc::default();
-        let mut last_lookup: Option<Instant> = None;
+        let mut providers = Providers::new(Duration::from_secs(5));
         loop {
-            if last_lookup.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
-                last_lookup = Some(Instant::now());
-                let (client, key, found) = (client.clone(), id.to_vec(), providers.clone());
-                tokio::spawn(async move {
-                    if let Ok(list) = client.providers(key).await {
-                        *found.lock().unwrap_or_else(|p| p.into_inner()) = list;
-                    }
-                });
-            }
             let mut peers = candidates();
-            peers.extend(
-                providers
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .iter()
-                    .copied(),
-            );
+            peers.extend(providers.get(client, id));
             let mut seen = HashSet::new();
             peers.retain(|p| *p != self.local && seen.insert(*p) && !self.is_banned(p));
             let mut asks: futures_util::stream::FuturesUnordered<_> = peers
@@ -712,7 +727,7 @@ struct Driver {
     sources: HashMap<PeerId, Source>,
     /// Peers to leave alone until then (no artifact yet, or failed).
     retry_at: HashMap<PeerId, (Instant, Duration)>,
-    providers: Vec<PeerId>,
+    providers: Providers,
     next_token: u64,
     /// Bytes of the artifact held here.
     held_bytes: u64,
@@ -731,7 +746,7 @@ impl Driver {
             avail: vec![0; n],
             sources: HashMap::new(),
             retry_at: HashMap::new(),
-            providers: Vec::new(),
+            providers: Providers::new(Duration::from_secs(10)),
             next_token: 0,
             held_bytes: 0,
         }
@@ -745,8 +760,6 @@ impl Driver {
         let (tx, mut rx) = mpsc::channel::<(PeerId, u64, Event)>(1024);
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let (prov_tx, mut prov_rx) = mpsc::channel::<Vec<PeerId>>(1);
-        let mut last_lookup: Option<Instant> = None;
         let started = Instant::now();
         self.held_bytes = self.bytes_held();
         while !self.held.complete() {
@@ -756,19 +769,9 @@ impl Driver {
                         self.on_event(peer, ev);
                     }
                 }
-                Some(found) = prov_rx.recv() => self.providers = found,
                 _ = tick.tick() => {
                     self.check_stalls();
-                    self.add_sources(&tx);
-                    if last_lookup.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                        last_lookup = Some(Instant::now());
-                        let (client, key, prov_tx) = (client.clone(), self.id.to_vec(), prov_tx.clone());
-                        tokio::spawn(async move {
-                            if let Ok(found) = client.providers(key).await {
-                                let _ = prov_tx.try_send(found);
-                            }
-                        });
-                    }
+                    self.add_sources(&tx, client);
                 }
             }
             self.dispatch();
@@ -804,13 +807,17 @@ impl Driver {
             .sum()
     }
 
-    fn add_sources(&mut self, tx: &mpsc::Sender<(PeerId, u64, Event)>) {
+    fn add_sources(
+        &mut self,
+        tx: &mpsc::Sender<(PeerId, u64, Event)>,
+        client: &crate::net::Client,
+    ) {
         if self.sources.len() >= MAX_SOURCES {
             return;
         }
         let now = Instant::now();
         let mut peers = (self.candidates)();
-        peers.extend(self.providers.iter().copied());
+        peers.extend(self.providers.get(client, &self.id));
         for peer in peers {
             if self.sources.len() >= MAX_SOURCES {
                 break;
