@@ -618,6 +618,16 @@ impl Repo {
         Ok(repo)
     }
 
+    /// A site whose build prints `slow-start`, sleeps `seconds` (a unique
+    /// figure lets a test find the process), then writes `page` as its
+    /// index.html.
+    pub fn slow_build(seconds: &str, page: &str) -> Result<Self> {
+        let config = format!(
+            "[build]\ncommand = \"echo slow-start; sleep {seconds}; mkdir -p o; echo {page} > o/index.html\"\noutput = \"o\"\n"
+        );
+        Self::new(&[("shoal.toml", config.as_bytes())])
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }

@@ -267,11 +267,7 @@ async fn the_same_submission_twice_is_one_deployment() {
 #[tokio::test]
 async fn a_queued_deployment_is_canceled_before_it_is_built() {
     let peer = Peer::start(&["--max-builds", "1"]).await.unwrap();
-    let slow = Repo::new(&[(
-        "shoal.toml",
-        b"[build]\ncommand = \"echo slow-start; sleep 29.3; mkdir -p o; echo x > o/index.html\"\noutput = \"o\"\n",
-    )])
-    .unwrap();
+    let slow = Repo::slow_build("29.3", "x").unwrap();
     let other = Repo::new(&[("index.html", b"never")]).unwrap();
     let first = peer.deploy(slow.path(), "busy").await.unwrap();
     peer.wait_log(&first, "slow-start", BUILD).await.unwrap();

@@ -65,24 +65,32 @@ fn push_body(repo: &str, branch: &str, before: &str, after: &str) -> Value {
     })
 }
 
-async fn count(p: &Peer) -> usize {
-    p.deployments().await.unwrap().len()
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_signed_push_deploys_exactly_the_pushed_commit_once() {
+/// Two peers taking webhooks, site `name` live at v1 from a repository
+/// that has a new commit, v2, not deployed yet: (mesh, repo, repo URL,
+/// commit before, commit after).
+async fn pushed_mesh(name: &str) -> (Mesh, Repo, String, String, String) {
     let mesh = Mesh::start_with(2, &["--webhook-secret", SECRET])
         .await
         .unwrap();
     let repo = Repo::new(&[("index.html", b"v1")]).unwrap();
     let url = repo.path().to_str().unwrap().to_owned();
     let (_, first) = mesh.peers[0]
-        .deploy_and_wait(repo.path(), "hooked")
+        .deploy_and_wait(repo.path(), name)
         .await
         .unwrap();
     assert_eq!(first["status"], "success", "{first}");
     let before = repo.git(&["rev-parse", "HEAD"]).unwrap();
     let after = repo.commit(&[("index.html", b"v2")], "v2").unwrap();
+    (mesh, repo, url, before, after)
+}
+
+async fn count(p: &Peer) -> usize {
+    p.deployments().await.unwrap().len()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signed_push_deploys_exactly_the_pushed_commit_once() {
+    let (mesh, repo, url, before, after) = pushed_mesh("hooked").await;
     // A newer commit exists on the branch by the time the delivery lands:
     // the deployment is of the pushed commit, not of the branch tip.
     let tip = repo.commit(&[("index.html", b"v3")], "v3").unwrap();
@@ -333,18 +341,7 @@ async fn a_project_secret_signs_for_that_project_only() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_delivery_at_two_peers_at_once_is_built_once() {
-    let mesh = Mesh::start_with(2, &["--webhook-secret", SECRET])
-        .await
-        .unwrap();
-    let repo = Repo::new(&[("index.html", b"v1")]).unwrap();
-    let url = repo.path().to_str().unwrap().to_owned();
-    let (_, first) = mesh.peers[0]
-        .deploy_and_wait(repo.path(), "twice")
-        .await
-        .unwrap();
-    assert_eq!(first["status"], "success", "{first}");
-    let before = repo.git(&["rev-parse", "HEAD"]).unwrap();
-    let after = repo.commit(&[("index.html", b"v2")], "v2").unwrap();
+    let (mesh, _repo, url, before, after) = pushed_mesh("twice").await;
     let push = push_body(&url, "main", &before, &after);
     // GitHub retried the delivery, and the retry landed on the other peer
     // before the first one had been replicated.

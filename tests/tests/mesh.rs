@@ -110,11 +110,7 @@ async fn concurrent_deployments_spread_over_several_builders() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_builder_is_replaced_and_does_not_resume_when_it_returns() {
     let mut mesh = Mesh::start(4).await.unwrap();
-    let repo = Repo::new(&[(
-        "shoal.toml",
-        b"[build]\ncommand = \"echo slow-start; sleep 6; mkdir -p o; echo failover > o/index.html\"\noutput = \"o\"\n",
-    )])
-    .unwrap();
+    let repo = Repo::slow_build("6", "failover").unwrap();
     let id = mesh.peers[0].deploy(repo.path(), "failover").await.unwrap();
     let started = mesh.peers[0]
         .wait_log(&id, "slow-start", BUILD)
@@ -364,11 +360,7 @@ fn process_running(pattern: &str) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_build_canceled_on_any_peer_stops_on_its_builder() {
     let mesh = Mesh::start(3).await.unwrap();
-    let repo = Repo::new(&[(
-        "shoal.toml",
-        b"[build]\ncommand = \"echo slow-start; sleep 31.7; mkdir -p o; echo x > o/index.html\"\noutput = \"o\"\n",
-    )])
-    .unwrap();
+    let repo = Repo::slow_build("31.7", "x").unwrap();
     let id = mesh.peers[0].deploy(repo.path(), "stopme").await.unwrap();
     let started = mesh.peers[0]
         .wait_log(&id, "slow-start", BUILD)
