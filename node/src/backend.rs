@@ -2,7 +2,7 @@
 //! reads of the replicated tables, and the sites being served.
 
 use crate::metrics::NodeMetrics;
-use crate::model::{DeploymentRecord, Project};
+use crate::model::{DeploymentRecord, Project, RepoCredential};
 use crate::site::Sites;
 use crate::state::{Level, State};
 use crate::validate;
@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc};
+use tracing::warn;
 use web::hooks::{Push, PushOutcome};
+use web::session::Purpose;
 use web::{ApiError, DeploymentView, Event, LogLine, NewDeployment, Status};
 
 pub struct NodeBackend {
@@ -22,7 +24,7 @@ pub struct NodeBackend {
     pub sites: Sites,
     pub metrics: Arc<NodeMetrics>,
     pub exchange: Arc<p2p::exchange::Exchange>,
-    pub admin_token: String,
+    pub auth: web::Auth,
     pub site_domain: String,
     pub sites_port: u16,
     pub allow_local: bool,
@@ -89,11 +91,24 @@ impl NodeBackend {
 impl NodeBackend {
     /// Deployments with the same name belong to one project: the first
     /// creates it, a later one from another repository moves it there.
-    fn ensure_project(&self, rec: &DeploymentRecord) -> Result<(), p2p::StoreError> {
+    /// Creates the deployment's project, or brings its repository (and the
+    /// token it is cloned with, when one came with the request) up to date.
+    fn ensure_project(
+        &self,
+        rec: &DeploymentRecord,
+        credential: Option<RepoCredential>,
+    ) -> Result<(), p2p::StoreError> {
         match self.state.project(&rec.name)? {
-            Some(p) if p.repo_url == rec.repo_url => Ok(()),
+            Some(p) if p.repo_url == rec.repo_url && credential.is_none() => Ok(()),
             Some(mut p) => {
+                if p.repo_url != rec.repo_url {
+                    // Another repository's token must not follow the name.
+                    p.credential = None;
+                }
                 p.repo_url = rec.repo_url.clone();
+                if credential.is_some() {
+                    p.credential = credential;
+                }
                 self.state.put_project(p).map(|_| ())
             }
             None => self
@@ -109,8 +124,23 @@ impl NodeBackend {
                     poll_interval_secs: 0,
                     branch: rec.git_ref.clone(),
                     webhook_secret: None,
+                    credential,
                 })
                 .map(|_| ()),
+        }
+    }
+
+    /// A project's webhook secret in the clear (sealed ones; older rows
+    /// kept it plain).
+    fn open_secret(&self, stored: &str) -> Option<String> {
+        if stored.starts_with("s1.") {
+            let plain = self.auth.keys.open(Purpose::WebhookSecret, stored);
+            if plain.is_none() {
+                warn!("a project's webhook secret was sealed with another mesh secret");
+            }
+            String::from_utf8(plain?).ok()
+        } else {
+            Some(stored.to_owned())
         }
     }
 
@@ -224,13 +254,21 @@ impl web::Backend for NodeBackend {
             stamp: Hlc::default(),
             writer: String::new(),
         };
+        let credential = req.credential.map(|c| RepoCredential {
+            sealed: self.auth.keys.seal(Purpose::RepoToken, c.token.as_bytes()),
+            login: c.login,
+        });
         let rec = self.state.put(rec).map_err(internal)?;
-        self.ensure_project(&rec).map_err(internal)?;
+        self.ensure_project(&rec, credential).map_err(internal)?;
+        let by = req
+            .requested_by
+            .map(|login| format!(" for GitHub user {login}"))
+            .unwrap_or_default();
         self.state.log(
             &rec.id,
             "queue",
             Level::Info,
-            &format!("queued by peer {}", self.state.peer),
+            &format!("queued by peer {}{by}", self.state.peer),
         );
         let _ = self.wake.try_send(());
         Ok(self.view(&rec))
@@ -365,7 +403,11 @@ impl web::Backend for NodeBackend {
                     format!("a webhook secret needs at least {MIN_SECRET_LEN} characters"),
                 ));
             }
-            project.webhook_secret = (!secret.is_empty()).then(|| secret.to_owned());
+            project.webhook_secret = (!secret.is_empty()).then(|| {
+                self.auth
+                    .keys
+                    .seal(Purpose::WebhookSecret, secret.as_bytes())
+            });
         }
         let project = self.state.put_project(project).map_err(internal)?;
         let rows = self.state.deployments().map_err(internal)?;
@@ -444,7 +486,11 @@ impl web::Backend for NodeBackend {
             .map(|s| (None, s.clone()))
             .collect();
         for p in self.state.projects().unwrap_or_default() {
-            if let Some(secret) = p.webhook_secret {
+            if let Some(secret) = p
+                .webhook_secret
+                .as_deref()
+                .and_then(|s| self.open_secret(s))
+            {
                 out.push((Some(p.name), secret));
             }
         }
@@ -487,6 +533,7 @@ impl web::Backend for NodeBackend {
                 name: Some(project.name.clone()),
                 git_ref: latest.git_ref.clone(),
                 commit: Some(push.after.clone()),
+                ..Default::default()
             })?;
             self.state.log(
                 &dep.id,
@@ -559,8 +606,17 @@ impl web::Backend for NodeBackend {
         self.sites.current_dir(name)
     }
 
-    fn admin_token(&self) -> &str {
-        &self.admin_token
+    fn auth(&self) -> &web::Auth {
+        &self.auth
+    }
+
+    fn session_revoked(&self, id: &str) -> bool {
+        // Fail closed: a session whose state cannot be read is refused.
+        self.state.revoked(id).unwrap_or(true)
+    }
+
+    fn revoke_session(&self, id: &str, expires: u64) -> Result<(), ApiError> {
+        self.state.revoke(id, expires).map_err(internal)
     }
 
     fn ready(&self) -> bool {

@@ -29,12 +29,24 @@ async fn check(res: reqwest::Response) -> anyhow::Result<Value> {
     bail!("{status}: {error}: {detail}")
 }
 
-/// A write with the admin token; returns the answer's JSON body.
-async fn post(c: &ClientArgs, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-    let token = c
-        .token
+/// The session `shoal login` kept, if any.
+fn kept_session(c: &ClientArgs) -> Option<String> {
+    let text = std::fs::read_to_string(c.session_path()?).ok()?;
+    let kept: Value = serde_json::from_str(&text).ok()?;
+    kept["session"].as_str().map(str::to_owned)
+}
+
+/// The bearer token for writes: `--token`, else the kept session.
+fn bearer(c: &ClientArgs) -> anyhow::Result<String> {
+    c.token
         .clone()
-        .context("a token is needed: pass --token or set SHOAL_TOKEN")?;
+        .or_else(|| kept_session(c))
+        .context("a token is needed: pass --token, set SHOAL_TOKEN, or sign in with `shoal login`")
+}
+
+/// A write with the admin token or the kept session; returns the answer's JSON body.
+async fn post(c: &ClientArgs, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    let token = bearer(c)?;
     let mut req = client()?.post(url(c, path)).bearer_auth(token);
     if let Some(body) = body {
         req = req.json(&body);
@@ -222,5 +234,99 @@ async fn follow(c: &ClientArgs, id: &str) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// Signs in with GitHub's device flow through the peer, then keeps the
+/// session (mode 0600) for the other commands.
+pub async fn login(args: PeersArgs) -> anyhow::Result<()> {
+    let c = &args.client;
+    let path = c
+        .session_path()
+        .context("no place for the session: set --session-file or HOME")?;
+    let http = client()?;
+    let start = check(
+        http.post(url(c, "/auth/device"))
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}", c.peer))?,
+    )
+    .await?;
+    println!(
+        "Open {} and enter the code {}",
+        start["verification_uri"].as_str().unwrap_or(""),
+        start["user_code"].as_str().unwrap_or("")
+    );
+    let mut handle = start["handle"].as_str().unwrap_or("").to_owned();
+    let mut interval = start["interval"].as_u64().unwrap_or(5).max(1);
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(interval)).await;
+        let answer = check(
+            http.post(url(c, "/auth/device/poll"))
+                .json(&json!({ "handle": handle }))
+                .send()
+                .await
+                .with_context(|| format!("cannot reach {}", c.peer))?,
+        )
+        .await?;
+        if answer["state"] == "done" {
+            let session = answer["session"].as_str().unwrap_or("");
+            write_private(
+                &path,
+                &json!({"peer": c.peer, "session": session}).to_string(),
+            )?;
+            println!(
+                "Signed in as @{}; session kept in {}",
+                answer["login"].as_str().unwrap_or(""),
+                path.display()
+            );
+            return Ok(());
+        }
+        handle = answer["handle"].as_str().unwrap_or(&handle).to_owned();
+        interval = answer["interval"].as_u64().unwrap_or(interval).max(1);
+    }
+}
+
+/// Signs the kept session out on every peer and deletes it.
+pub async fn logout(args: PeersArgs) -> anyhow::Result<()> {
+    let c = &args.client;
+    let path = c.session_path().context("no session file")?;
+    let Some(session) = kept_session(c) else {
+        println!("not signed in");
+        return Ok(());
+    };
+    check(
+        client()?
+            .post(url(c, "/auth/logout"))
+            .bearer_auth(session)
+            .header("accept", "application/json")
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}", c.peer))?,
+    )
+    .await?;
+    std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    println!("signed out");
+    Ok(())
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
     Ok(())
 }

@@ -34,6 +34,11 @@ pub enum Command {
     Promote(SetCurrentArgs),
     /// List the peers of the mesh.
     Peers(PeersArgs),
+    /// Sign in with GitHub (device code) and keep the session for the
+    /// other commands.
+    Login(PeersArgs),
+    /// Sign the kept session out on every peer and forget it.
+    Logout(PeersArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -102,7 +107,7 @@ pub struct NodeConfig {
     /// this long is taken over.
     #[arg(long, env = "SHOAL_LEASE", default_value = "3s", value_parser = humantime::parse_duration)]
     pub lease: Duration,
-    /// Builds this peer runs at once.
+    /// Builds this peer runs at once (0: it never builds, only serves).
     #[arg(long, env = "SHOAL_MAX_BUILDS", default_value_t = 2)]
     pub max_builds: usize,
     /// Largest repository download, in MiB.
@@ -127,6 +132,50 @@ pub struct NodeConfig {
     /// without it webhooks are refused. The same on every peer.
     #[arg(long, env = "SHOAL_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
+    /// Secret every peer of the mesh shares for sessions and sealed tokens
+    /// (sessions made on one peer are accepted by all). Defaults to the
+    /// PSK file's key, else the admin token.
+    #[arg(long, env = "SHOAL_MESH_SECRET", hide_env_values = true)]
+    pub mesh_secret: Option<String>,
+    /// GitHub OAuth App or GitHub App client id: enables "Sign in with
+    /// GitHub" (device flow: no callback URL, no secret needed).
+    #[arg(long, env = "SHOAL_GITHUB_CLIENT_ID")]
+    pub github_client_id: Option<String>,
+    /// The client secret: also offers the web flow (callback at
+    /// `<public-url>/auth/github/callback`).
+    #[arg(long, env = "SHOAL_GITHUB_CLIENT_SECRET", hide_env_values = true)]
+    pub github_client_secret: Option<String>,
+    /// A file holding the client secret (e.g. a mounted Kubernetes Secret).
+    #[arg(long, env = "SHOAL_GITHUB_CLIENT_SECRET_FILE")]
+    pub github_client_secret_file: Option<PathBuf>,
+    /// GitHub's web URL (GitHub Enterprise Server: `https://<host>`).
+    #[arg(long, env = "SHOAL_GITHUB_URL", default_value = "https://github.com")]
+    pub github_url: String,
+    /// GitHub's API URL (GitHub Enterprise Server: `https://<host>/api/v3`).
+    #[arg(
+        long,
+        env = "SHOAL_GITHUB_API_URL",
+        default_value = "https://api.github.com"
+    )]
+    pub github_api_url: String,
+    /// OAuth scopes asked for at sign-in: `repo` reaches private
+    /// repositories (but grants write too); `read:org` checks
+    /// `--allowed-orgs`. GitHub Apps ignore it.
+    #[arg(long, env = "SHOAL_GITHUB_SCOPE", default_value = "repo read:org")]
+    pub github_scope: String,
+    /// GitHub users who may sign in and deploy (comma-separated).
+    #[arg(long, env = "SHOAL_ALLOWED_USERS", value_delimiter = ',')]
+    pub allowed_users: Vec<String>,
+    /// Members of these GitHub organisations may sign in and deploy.
+    #[arg(long, env = "SHOAL_ALLOWED_ORGS", value_delimiter = ',')]
+    pub allowed_orgs: Vec<String>,
+    /// How long a sign-in lasts.
+    #[arg(long, env = "SHOAL_SESSION_TTL", default_value = "12h", value_parser = humantime::parse_duration)]
+    pub session_ttl: Duration,
+    /// The URL users reach the mesh's UI at, when it sits behind one
+    /// public domain (for the web sign-in's callback and `Secure` cookies).
+    #[arg(long, env = "SHOAL_PUBLIC_URL")]
+    pub public_url: Option<String>,
     /// Upload rate limit for artifact blocks, in KiB/s (0: none).
     #[arg(long, env = "SHOAL_UPLOAD_LIMIT_KIB", default_value_t = 0)]
     pub upload_limit_kib: u64,
@@ -137,9 +186,26 @@ pub struct ClientArgs {
     /// Any peer's UI/API URL.
     #[arg(long, env = "SHOAL_PEER", default_value = "http://127.0.0.1:8080")]
     pub peer: String,
-    /// Admin token (needed for writes).
+    /// Admin token (needed for writes unless signed in with `shoal login`).
     #[arg(long, env = "SHOAL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Where `shoal login` keeps the session (default:
+    /// `$XDG_CONFIG_HOME/shoal/session`, else `~/.config/shoal/session`).
+    #[arg(long, env = "SHOAL_SESSION_FILE")]
+    pub session_file: Option<PathBuf>,
+}
+
+impl ClientArgs {
+    pub fn session_path(&self) -> Option<PathBuf> {
+        if let Some(p) = &self.session_file {
+            return Some(p.clone());
+        }
+        let base = std::env::var_os("XDG_CONFIG_HOME")
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+        Some(base.join("shoal").join("session"))
+    }
 }
 
 #[derive(Debug, Args)]

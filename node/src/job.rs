@@ -98,6 +98,12 @@ pub async fn build_and_publish(
         live_url: &rec.live_url,
         workdir: &workdir,
         blocks: &shared.blocks,
+        credential: shared
+            .repo_credential(&rec.name, &rec.repo_url)
+            .unwrap_or_else(|why| {
+                log.step("clone").line(Level::Warn, &why);
+                None
+            }),
     };
     let result = build::run(&shared.settings, job, &log, cancel, |commit| {
         let _ = fenced(state, &rec.id, epoch, |r| {

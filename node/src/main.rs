@@ -44,6 +44,8 @@ async fn main() -> std::process::ExitCode {
         Command::Rollback(args) => cli::set_current(args, "rollback").await,
         Command::Promote(args) => cli::set_current(args, "promote").await,
         Command::Peers(args) => cli::peers(args).await,
+        Command::Login(args) => cli::login(args).await,
+        Command::Logout(args) => cli::logout(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

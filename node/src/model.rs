@@ -233,6 +233,39 @@ pub struct Project {
     /// peer can check a delivery; never shown by the API).
     #[serde(default)]
     pub webhook_secret: Option<String>,
+    /// The GitHub token private repositories are cloned with, sealed with
+    /// the mesh's keys (see `web::session`): readable by every peer of the
+    /// mesh, by nobody else, never shown by the API.
+    #[serde(default)]
+    pub credential: Option<RepoCredential>,
+}
+
+/// A sealed GitHub token and the user it belongs to.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RepoCredential {
+    pub login: String,
+    pub sealed: String,
+}
+
+impl std::fmt::Debug for RepoCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RepoCredential")
+            .field("login", &self.login)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A signed-out session: refused by every peer until it would have expired.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Revoked {
+    /// Unix seconds; after this the session is refused anyway.
+    pub expires: u64,
+}
+
+impl Merge for Revoked {
+    fn merge(self, other: Self) -> Self {
+        self.max(other)
+    }
 }
 
 impl Merge for Project {
@@ -384,7 +417,7 @@ mod tests {
     prop_compose! {
         fn project()(current in proptest::option::of("[xy]"), auto in any::<bool>(), stamp in stamp(), writer in "[ab]") -> Project {
             Project { name: "n".into(), repo_url: "r".into(), current_deployment: current, auto_deploy: auto, stamp, writer, pinned: auto,
-                      poll_interval_secs: 0, branch: None, webhook_secret: None }
+                      poll_interval_secs: 0, branch: None, webhook_secret: None, credential: None }
         }
     }
     prop_compose! {

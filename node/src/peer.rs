@@ -118,17 +118,21 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         region: cfg.region.clone(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         load: 0.0,
-        free_slots: u8::try_from(cfg.max_builds.max(1)).unwrap_or(u8::MAX),
-        capabilities: crate::load::capabilities(&settings.isolation),
+        free_slots: u8::try_from(cfg.max_builds).unwrap_or(u8::MAX),
+        capabilities: crate::load::capabilities(&settings.isolation)
+            .into_iter()
+            // `--max-builds 0`: a peer that only serves.
+            .filter(|c| cfg.max_builds > 0 || c != crate::load::BUILD)
+            .collect(),
     });
-    let psk = match &cfg.psk_file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading the PSK file {}", path.display()))?;
-            Some(p2p::net::parse_psk(&text)?)
-        }
+    let psk_text = match &cfg.psk_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading the PSK file {}", path.display()))?,
+        ),
         None => None,
     };
+    let psk = psk_text.as_deref().map(p2p::net::parse_psk).transpose()?;
     let bootstrap = cfg
         .bootstrap
         .iter()
@@ -184,7 +188,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         sites: sites.clone(),
         metrics: metrics.clone(),
         exchange: exchange.clone(),
-        admin_token,
+        auth: web_auth(&cfg, admin_token, psk_text.as_deref())?,
         site_domain: cfg.site_domain.to_ascii_lowercase(),
         sites_port: sites_addr.port(),
         allow_local: cfg.allow_local_repos,
@@ -208,6 +212,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         info: info_rx,
         active_builds: active_builds.clone(),
         lease,
+        keys: backend.auth.keys.clone(),
     });
 
     let http_metrics = Arc::new(web::HttpMetrics::default());
@@ -254,7 +259,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     tasks.spawn(crate::load::report(
         info_tx,
         active_builds,
-        cfg.max_builds.max(1),
+        cfg.max_builds,
         data.clone(),
         shutdown_rx.clone(),
     ));
@@ -300,4 +305,63 @@ async fn wait_for_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+/// Sign-in and the mesh's keys, from the configuration.
+fn web_auth(cfg: &NodeConfig, admin_token: String, psk: Option<&str>) -> anyhow::Result<web::Auth> {
+    let mesh_secret = match (cfg.mesh_secret.as_deref().map(str::trim), psk) {
+        (Some(s), _) if !s.is_empty() => s.to_owned(),
+        (_, Some(psk)) => psk.trim().to_owned(),
+        _ => {
+            info!("no --mesh-secret or PSK: sessions and sealed tokens use the admin token as the mesh secret, so every peer needs the same admin token");
+            admin_token.clone()
+        }
+    };
+    let github = match cfg.github_client_id.as_deref().map(str::trim) {
+        Some(id) if !id.is_empty() => {
+            let secret = match (&cfg.github_client_secret, &cfg.github_client_secret_file) {
+                (Some(s), _) => Some(s.trim().to_owned()),
+                (None, Some(path)) => Some(
+                    std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?
+                        .trim()
+                        .to_owned(),
+                ),
+                (None, None) => None,
+            }
+            .filter(|s| !s.is_empty());
+            let gh = web::github::GitHub::new(web::github::GitHubConfig {
+                web_url: cfg.github_url.clone(),
+                api_url: cfg.github_api_url.clone(),
+                client_id: id.to_owned(),
+                client_secret: secret,
+                scope: cfg.github_scope.clone(),
+            })?;
+            if cfg.allowed_users.is_empty() && cfg.allowed_orgs.is_empty() {
+                tracing::warn!("GitHub sign-in is on with no --allowed-users or --allowed-orgs: every GitHub user can deploy");
+            }
+            info!(github = %cfg.github_url, web_flow = gh.web_flow(), "GitHub sign-in enabled");
+            Some(gh)
+        }
+        _ => None,
+    };
+    let list = |v: &[String]| -> Vec<String> {
+        v.iter()
+            .map(|s| s.trim().to_ascii_lowercase())
+            .filter(|s| !s.is_empty())
+            .collect()
+    };
+    Ok(web::Auth {
+        admin_token,
+        keys: Arc::new(web::session::Keys::derive(mesh_secret.as_bytes())),
+        github,
+        allowed_users: list(&cfg.allowed_users),
+        allowed_orgs: list(&cfg.allowed_orgs),
+        session_ttl_secs: cfg.session_ttl.as_secs().max(60),
+        public_url: cfg
+            .public_url
+            .as_deref()
+            .map(|u| u.trim().trim_end_matches('/').to_owned())
+            .filter(|u| !u.is_empty()),
+    })
 }

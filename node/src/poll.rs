@@ -6,6 +6,7 @@
 //! two peers briefly both poll, the twin submissions are built once.
 
 use crate::backend::NodeBackend;
+use crate::build::clone::Credential;
 use crate::election;
 use crate::state::Level;
 use crate::validate;
@@ -22,9 +23,17 @@ const TICK: Duration = Duration::from_secs(1);
 const LS_REMOTE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The branch a repository's `branch` (or default branch) points to: `(branch, commit)`.
-fn ls_remote(url: &str, branch: Option<&str>) -> Result<Option<(String, String)>, git2::Error> {
+fn ls_remote(
+    url: &str,
+    branch: Option<&str>,
+    credential: Option<&Credential>,
+) -> Result<Option<(String, String)>, git2::Error> {
     let mut remote = git2::Remote::create_detached(url)?;
-    remote.connect(git2::Direction::Fetch)?;
+    let remote = remote.connect_auth(
+        git2::Direction::Fetch,
+        Some(crate::build::clone::callbacks(credential)),
+        None,
+    )?;
     let wanted = match branch {
         Some(b) => format!("refs/heads/{b}"),
         None => remote
@@ -41,7 +50,7 @@ fn ls_remote(url: &str, branch: Option<&str>) -> Result<Option<(String, String)>
             let name = wanted.trim_start_matches("refs/heads/").to_owned();
             (name, head.oid().to_string())
         });
-    remote.disconnect()?;
+    drop(remote);
     Ok(found)
 }
 
@@ -127,10 +136,17 @@ impl Poller {
             let Ok(url) = validate::repo_url(&project.repo_url, self.allow_local) else {
                 continue;
             };
+            let credential = self
+                .shared
+                .repo_credential(&project.name, url.as_str())
+                .unwrap_or_else(|why| {
+                    warn!(project = %project.name, "{why}");
+                    None
+                });
             let (backend, running) = (self.backend.clone(), self.running.clone());
             tokio::spawn(async move {
                 let name = project.name.clone();
-                check(&backend, project, url.as_str().to_owned()).await;
+                check(&backend, project, url.as_str().to_owned(), credential).await;
                 running
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -142,11 +158,18 @@ impl Poller {
 
 /// Asks the repository for the branch's commit and deploys it if no
 /// deployment of the project has it yet.
-async fn check(backend: &NodeBackend, project: crate::model::Project, url: String) {
+async fn check(
+    backend: &NodeBackend,
+    project: crate::model::Project,
+    url: String,
+    credential: Option<Credential>,
+) {
     let branch = project.branch.clone();
     let asked = tokio::time::timeout(
         LS_REMOTE_TIMEOUT,
-        tokio::task::spawn_blocking(move || ls_remote(&url, branch.as_deref())),
+        tokio::task::spawn_blocking(move || {
+            ls_remote(&url, branch.as_deref(), credential.as_ref())
+        }),
     )
     .await;
     let (branch, commit) = match asked {
@@ -179,6 +202,7 @@ async fn check(backend: &NodeBackend, project: crate::model::Project, url: Strin
         name: Some(project.name.clone()),
         git_ref: project.branch.clone(),
         commit: Some(commit.clone()),
+        ..Default::default()
     };
     match backend.create_deployment(req) {
         Ok(dep) => {

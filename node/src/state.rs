@@ -5,6 +5,7 @@
 
 use crate::model::{
     file_key, log_key, log_view, Delivery, DeploymentFile, DeploymentRecord, LogRecord, Project,
+    Revoked,
 };
 use p2p::{Change, Clock, Store, StoreError, Table};
 use std::collections::HashMap;
@@ -33,6 +34,8 @@ pub struct State {
     projects: Table<Project>,
     /// Webhook deliveries already handled.
     deliveries: Table<Delivery>,
+    /// Signed-out sessions, by session id.
+    revoked: Table<Revoked>,
     events: broadcast::Sender<Event>,
     /// Bumped on every change of a deployment or a replica (from anywhere).
     changes: tokio::sync::watch::Sender<u64>,
@@ -109,6 +112,7 @@ impl State {
             files: store.table("deployment_files")?,
             projects: store.table("projects")?,
             deliveries: store.table("hook_deliveries")?,
+            revoked: store.table("revoked_sessions")?,
             clock,
             store,
             events,
@@ -159,6 +163,17 @@ impl State {
 
     /// Records a handled webhook delivery; returns the row that wins (an
     /// earlier handling of the same delivery, if any).
+    /// Whether session `id` was signed out.
+    pub fn revoked(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.revoked.get(id.as_bytes())?.is_some())
+    }
+
+    /// Signs session `id` out on every peer.
+    pub fn revoke(&self, id: &str, expires: u64) -> Result<(), StoreError> {
+        self.revoked.merge(id.as_bytes(), Revoked { expires })?;
+        Ok(())
+    }
+
     pub fn put_delivery(&self, id: &str, mut row: Delivery) -> Result<Delivery, StoreError> {
         row.stamp = self.clock.now();
         row.writer = self.peer.clone();

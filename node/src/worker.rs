@@ -50,9 +50,42 @@ pub struct Shared {
     pub active_builds: Arc<AtomicUsize>,
     /// How long a claim holds without renewal (`--lease`).
     pub lease: Duration,
+    /// The mesh's keys, to open tokens sealed into projects.
+    pub keys: Arc<web::session::Keys>,
 }
 
 impl Shared {
+    /// The token to clone project `name`'s repository with, if one was
+    /// sealed into the project; an error (to log) if this peer cannot open it.
+    pub fn repo_credential(
+        &self,
+        name: &str,
+        repo_url: &str,
+    ) -> Result<Option<crate::build::clone::Credential>, String> {
+        let Some(sealed) = self
+            .state
+            .project(name)
+            .ok()
+            .flatten()
+            .and_then(|p| p.credential)
+        else {
+            return Ok(None);
+        };
+        let Some(origin) = crate::build::clone::origin(repo_url) else {
+            return Ok(None);
+        };
+        self.keys
+            .open(web::session::Purpose::RepoToken, &sealed.sealed)
+            .and_then(|t| String::from_utf8(t).ok())
+            .map(|token| Some(crate::build::clone::Credential { origin, token }))
+            .ok_or_else(|| {
+                format!(
+                    "peer {} cannot open the repository token of GitHub user {} (its mesh secret differs); trying without it",
+                    self.state.peer, sealed.login
+                )
+            })
+    }
+
     /// The live peers of the mesh as this peer sees them, itself included.
     pub fn live_peers(&self) -> Vec<PeerView> {
         let info = self.info.borrow().clone();

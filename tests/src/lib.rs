@@ -5,6 +5,8 @@
 // A test harness fails loudly on purpose.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
+pub mod github;
+
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::future::Future;

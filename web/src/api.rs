@@ -1,7 +1,7 @@
 //! The JSON API under `/api`, plus the health endpoints. Described for
 //! clients by `/api/openapi.json`.
 
-use crate::auth::require_admin;
+use crate::auth::{require_write, Caller};
 use crate::model::{Event, LogLine};
 use crate::{ApiError, AppState, Backend, DeploymentView, NewDeployment};
 use axum::extract::{Path, State};
@@ -97,8 +97,23 @@ async fn create<B: Backend>(
     headers: HeaderMap,
     body: Result<Json<NewDeployment>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
-    require_admin(&*s.backend, &headers)?;
-    let Json(req) = body?;
+    let caller = require_write(&*s.backend, &headers, None)?;
+    let Json(mut req) = body?;
+    if let Caller::User(session) = &caller {
+        req.requested_by = Some(session.login.clone());
+        let on_github = s
+            .backend
+            .auth()
+            .github
+            .as_ref()
+            .is_some_and(|gh| same_host(&req.repo_url, &gh.config.web_url));
+        if on_github {
+            req.credential = Some(crate::model::Credential {
+                login: session.login.clone(),
+                token: session.token.clone(),
+            });
+        }
+    }
     let dep = s.backend.create_deployment(req)?;
     let location = format!("/api/deployments/{}", dep.id);
     Ok((
@@ -107,6 +122,16 @@ async fn create<B: Backend>(
         Json(dep),
     )
         .into_response())
+}
+
+/// Whether `url` is on the same host (and scheme) as `base`.
+fn same_host(url: &str, base: &str) -> bool {
+    fn origin(u: &str) -> Option<(&str, String)> {
+        let (scheme, rest) = u.split_once("://")?;
+        let host = rest.split(['/', '?', '#']).next()?;
+        Some((scheme, host.to_ascii_lowercase()))
+    }
+    matches!((origin(url), origin(base)), (Some(a), Some(b)) if a == b)
 }
 
 async fn list<B: Backend>(
@@ -149,7 +174,7 @@ async fn update_project<B: Backend>(
     headers: HeaderMap,
     body: Result<Json<crate::ProjectSettings>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<crate::ProjectView>, ApiError> {
-    require_admin(&*s.backend, &headers)?;
+    require_write(&*s.backend, &headers, None)?;
     let Json(req) = body?;
     s.backend
         .update_project(&name, req)?
@@ -182,7 +207,7 @@ fn set_current<B: Backend>(
     body: Result<Json<crate::SetCurrent>, axum::extract::rejection::JsonRejection>,
     verb: &str,
 ) -> Result<Json<crate::ProjectView>, ApiError> {
-    require_admin(&*s.backend, &headers)?;
+    require_write(&*s.backend, &headers, None)?;
     let Json(req) = body?;
     s.backend
         .set_current(&name, req, verb)?
@@ -195,7 +220,7 @@ async fn cancel<B: Backend>(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<DeploymentView>, ApiError> {
-    require_admin(&*s.backend, &headers)?;
+    require_write(&*s.backend, &headers, None)?;
     s.backend
         .cancel_deployment(&id)?
         .map(Json)
@@ -331,5 +356,29 @@ impl<B> Tail<B> {
                 self.queue.push_back(log_event(&line));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_host;
+
+    #[test]
+    fn same_host_compares_scheme_and_host() {
+        assert!(same_host(
+            "https://github.com/a/b.git",
+            "https://github.com"
+        ));
+        assert!(same_host("https://GitHub.com/a/b", "https://github.com/"));
+        assert!(!same_host(
+            "https://github.com.evil/a/b",
+            "https://github.com"
+        ));
+        assert!(!same_host("http://github.com/a/b", "https://github.com"));
+        assert!(!same_host(
+            "https://evil/github.com/a",
+            "https://github.com"
+        ));
+        assert!(!same_host("file:///x", "https://github.com"));
     }
 }

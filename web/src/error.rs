@@ -46,7 +46,25 @@ impl ApiError {
         Self {
             status: StatusCode::UNAUTHORIZED,
             error: "unauthorized",
-            detail: "this request needs `Authorization: Bearer <admin token>`".into(),
+            detail: "sign in, or send `Authorization: Bearer <admin token or session>`".into(),
+        }
+    }
+
+    /// Authenticated, but not allowed to do this.
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::FORBIDDEN,
+            error: "forbidden",
+            detail: detail.into(),
+        }
+    }
+
+    /// GitHub (or the network to it) failed; the detail says how.
+    pub fn bad_gateway(detail: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_GATEWAY,
+            error: "github_unavailable",
+            detail: detail.into(),
         }
     }
 

@@ -4,15 +4,19 @@
 //! socket.
 
 mod api;
-mod auth;
+pub mod auth;
 mod error;
 mod files;
+pub mod github;
 pub mod hooks;
+mod login;
 mod metrics;
 pub mod model;
+pub mod session;
 mod sites;
 mod ui;
 
+pub use auth::Auth;
 pub use error::ApiError;
 pub use metrics::HttpMetrics;
 pub use model::{
@@ -60,8 +64,13 @@ pub trait Backend: Send + Sync + 'static {
     fn peers(&self) -> Vec<PeerInfo>;
     /// The directory of the version of site `name` being served now.
     fn site_root(&self, name: &str) -> Option<PathBuf>;
-    /// The token that authorises writes.
-    fn admin_token(&self) -> &str;
+    /// Who may write: the admin token, GitHub sign-in, the mesh's keys.
+    fn auth(&self) -> &Auth;
+    /// Whether a session was signed out (on any peer).
+    fn session_revoked(&self, id: &str) -> bool;
+    /// Signs a session out on every peer; `expires` (unix seconds) is when
+    /// the record may be forgotten.
+    fn revoke_session(&self, id: &str, expires: u64) -> Result<(), ApiError>;
     /// Whether the peer is ready to take traffic.
     fn ready(&self) -> bool;
     /// The domain that sites are served under (`<name>.<site_domain>`).
@@ -86,15 +95,16 @@ pub trait Backend: Send + Sync + 'static {
 pub fn app<B: Backend>(backend: Arc<B>, metrics: Arc<HttpMetrics>) -> axum::Router {
     axum::Router::new()
         .merge(api::routes::<B>())
+        .merge(login::routes::<B>())
         .merge(ui::routes::<B>())
         .route("/metrics", axum::routing::get(metrics::handler::<B>))
         .layer(axum::extract::DefaultBodyLimit::max(api::MAX_BODY_BYTES))
-        .with_state(AppState { backend, metrics })
+        .with_state(AppState::new(backend, metrics))
 }
 
 /// The router for the sites port.
 pub fn sites_app<B: Backend>(backend: Arc<B>, metrics: Arc<HttpMetrics>) -> axum::Router {
-    sites::router(AppState { backend, metrics })
+    sites::router(AppState::new(backend, metrics))
 }
 
 /// Serves `app` on `listener` until `shutdown` completes, then finishes the
@@ -109,10 +119,26 @@ pub async fn serve(
         .await
 }
 
+/// A user's repositories as fetched from GitHub, and whether there were more.
+type RepoListing = Arc<(Vec<github::Repo>, bool)>;
+
 /// State shared by every handler.
 pub(crate) struct AppState<B> {
     pub backend: Arc<B>,
     pub metrics: Arc<HttpMetrics>,
+    /// Repository lists by session id, briefly, for the picker's search.
+    pub repos:
+        Arc<std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, RepoListing)>>>,
+}
+
+impl<B> AppState<B> {
+    fn new(backend: Arc<B>, metrics: Arc<HttpMetrics>) -> Self {
+        Self {
+            backend,
+            metrics,
+            repos: Arc::default(),
+        }
+    }
 }
 
 impl<B> Clone for AppState<B> {
@@ -120,6 +146,7 @@ impl<B> Clone for AppState<B> {
         Self {
             backend: self.backend.clone(),
             metrics: self.metrics.clone(),
+            repos: self.repos.clone(),
         }
     }
 }

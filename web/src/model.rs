@@ -220,6 +220,30 @@ pub struct NewDeployment {
     pub git_ref: Option<String>,
     #[serde(default)]
     pub commit: Option<String>,
+    /// The signed-in user's GitHub token, set by the API (never read from
+    /// the request) when the repository is on the configured GitHub: the
+    /// node seals it into the project so any builder can clone a private
+    /// repository.
+    #[serde(skip)]
+    pub credential: Option<Credential>,
+    /// The signed-in GitHub user who asked, set by the API.
+    #[serde(skip)]
+    pub requested_by: Option<String>,
+}
+
+/// A GitHub token and whose it is.
+#[derive(Clone, PartialEq)]
+pub struct Credential {
+    pub login: String,
+    pub token: String,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("login", &self.login)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A peer of the mesh, as `GET /api/peers` shows it.

@@ -3,7 +3,8 @@
 //! details and live log. No build step: the pages are strings in the binary.
 
 use crate::{ApiError, AppState, Backend, DeploymentView};
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::response::Html;
 use axum::routing::get;
 use axum::Router;
@@ -12,6 +13,8 @@ use std::fmt::Write;
 pub fn routes<B: Backend>() -> Router<AppState<B>> {
     Router::new()
         .route("/", get(dashboard::<B>))
+        .route("/login", get(login_page::<B>))
+        .route("/new", get(new_page::<B>))
         .route("/deployments/{id}", get(deployment_page::<B>))
         .route("/peers", get(peers_page::<B>))
         .route("/projects", get(projects_page::<B>))
@@ -59,13 +62,51 @@ pub fn esc(s: &str) -> String {
     out
 }
 
-fn page(title: &str, body: &str) -> Html<String> {
+/// Who is looking at a page: the signed-in GitHub user, if any.
+pub struct Viewer {
+    login: Option<String>,
+    csrf: Option<String>,
+    /// Whether GitHub sign-in is configured on this mesh.
+    github: bool,
+}
+
+impl<B: Backend> FromRequestParts<AppState<B>> for Viewer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        s: &AppState<B>,
+    ) -> Result<Self, Self::Rejection> {
+        let session = crate::auth::viewer(&*s.backend, &parts.headers);
+        let auth = s.backend.auth();
+        Ok(Self {
+            csrf: session.as_ref().map(|s| auth.keys.csrf(&s.id)),
+            login: session.map(|s| s.login),
+            github: auth.github.is_some(),
+        })
+    }
+}
+
+fn page(viewer: &Viewer, title: &str, body: &str) -> Html<String> {
+    let (meta, who) = match (&viewer.login, &viewer.csrf) {
+        (Some(login), Some(csrf)) => (
+            format!("<meta name=csrf content='{}'>", esc(csrf)),
+            format!(
+                "<span class=who>@{login}</span> <form method=post action=/auth/logout class=inline>\
+                 <input type=hidden name=csrf value='{csrf}'><button class=link>Sign out</button></form>",
+                login = esc(login),
+                csrf = esc(csrf),
+            ),
+        ),
+        _ => (String::new(), "<a href=/login>Sign in</a>".to_owned()),
+    };
     Html(format!(
         "<!doctype html><html lang=en><head><meta charset=utf-8>\
-         <meta name=viewport content='width=device-width,initial-scale=1'>\
+         <meta name=viewport content='width=device-width,initial-scale=1'>{meta}\
          <title>{} · shoal</title><link rel=stylesheet href=/ui.css></head>\
          <body><header><a href=/ class=brand>shoal</a> <nav><a href=/>Deployments</a> \
-         <a href=/projects>Projects</a> <a href=/peers>Peers</a></nav></header><main>{body}</main>\
+         <a href=/projects>Projects</a> <a href=/new>New project</a> <a href=/peers>Peers</a></nav>\
+         <span class=account>{who}</span></header><main>{body}</main>\
          <script src=/ui.js></script></body></html>",
         esc(title)
     ))
@@ -89,31 +130,127 @@ fn row(d: &DeploymentView) -> String {
     )
 }
 
-async fn dashboard<B: Backend>(State(s): State<AppState<B>>) -> Result<Html<String>, ApiError> {
+async fn dashboard<B: Backend>(
+    State(s): State<AppState<B>>,
+    viewer: Viewer,
+) -> Result<Html<String>, ApiError> {
     let deployments = s.backend.deployments()?;
     let mut rows = String::new();
     for d in &deployments {
         rows.push_str(&row(d));
     }
+    let picker = if viewer.login.is_some() {
+        "<p><a class=button href=/new>Import a GitHub repository</a></p>".to_owned()
+    } else if viewer.github {
+        "<p><a href=/login>Sign in with GitHub</a> to pick one of your repositories, or paste a git URL:</p>".to_owned()
+    } else {
+        String::new()
+    };
+    let form = deploy_form(&viewer);
     if deployments.is_empty() {
         rows.push_str("<tr><td colspan=5 class=empty>No deployments yet.</td></tr>");
     }
     let body = format!(
-        "<section><h1>New deployment</h1>\
-         <form id=deploy class=deploy>\
-         <label>Git URL <input name=repo_url required placeholder='https://github.com/you/site.git'></label>\
-         <label>Name <input name=name placeholder='from the repository'></label>\
-         <label>Branch or tag <input name=ref placeholder='default branch'></label>\
-         <label>Admin token <input name=token type=password autocomplete=off></label>\
-         <button>Deploy</button><output id=deploy-result></output></form></section>\
+        "<section><h1>New deployment</h1>{picker}{form}</section>\
          <section><h1>Deployments</h1><table id=deployments><thead><tr><th>Name</th><th>Status</th>\
          <th>Commit</th><th>Live URL</th><th>Created</th></tr></thead><tbody>{rows}</tbody></table>\
          </section>"
     );
-    Ok(page("Deployments", &body))
+    Ok(page(&viewer, "Deployments", &body))
 }
 
-async fn projects_page<B: Backend>(State(s): State<AppState<B>>) -> Result<Html<String>, ApiError> {
+/// The deploy-by-URL form; asks for the admin token unless signed in.
+fn deploy_form(viewer: &Viewer) -> String {
+    let token = if viewer.login.is_some() {
+        ""
+    } else {
+        "<label>Admin token <input name=token type=password autocomplete=off></label>"
+    };
+    format!(
+        "<form id=deploy class=deploy>\
+         <label>Git URL <input name=repo_url required placeholder='https://github.com/you/site.git'></label>\
+         <label>Name <input name=name placeholder='from the repository'></label>\
+         <label>Branch or tag <input name=ref placeholder='default branch'></label>\
+         {token}<button>Deploy</button><output id=deploy-result></output></form>"
+    )
+}
+
+/// The repository picker, for a signed-in GitHub user.
+fn picker(viewer: &Viewer) -> String {
+    if viewer.login.is_none() {
+        return if viewer.github {
+            "<p><a class=button href=/login>Sign in with GitHub</a> to pick one of your repositories.</p>"
+                .to_owned()
+        } else {
+            "<p class=empty>GitHub sign-in is not configured on this mesh.</p>".to_owned()
+        };
+    }
+    "<div id=picker><label>Your repositories <input id=repo-search type=search \
+     placeholder='Search by name or description' autocomplete=off></label>\
+     <ul id=repos aria-live=polite><li class=empty>Loading…</li></ul>\
+     <p class=pager><button id=repos-prev type=button>Previous</button> <span id=repos-page></span> \
+     <button id=repos-next type=button>Next</button></p><output id=picker-result></output></div>"
+        .to_owned()
+}
+
+/// Sign in: with GitHub (device code; the web flow too when configured),
+/// or keep an admin token in this browser.
+async fn login_page<B: Backend>(State(s): State<AppState<B>>, viewer: Viewer) -> Html<String> {
+    let auth = s.backend.auth();
+    let mut body = String::from("<section><h1>Sign in</h1>");
+    if let Some(login) = &viewer.login {
+        let _ = write!(
+            body,
+            "<p>Signed in as <strong>@{}</strong>. <a href=/new>Import a repository</a>.</p>",
+            esc(login)
+        );
+    }
+    match &auth.github {
+        Some(gh) => {
+            let _ = write!(
+                body,
+                "<p>Sign in with your GitHub account on <a href='{url}'>{url}</a>.</p>\
+                 <p><button id=device-login>Sign in with GitHub</button> {web}</p>\
+                 <div id=device-box hidden><p>Open <a id=device-link target=_blank rel=noopener></a> \
+                 and enter this code:</p><p class=code id=device-code></p>\
+                 <p id=device-state role=status>Waiting for GitHub…</p></div>",
+                url = esc(&gh.config.web_url),
+                web = if gh.web_flow() {
+                    "<a class=button href=/auth/github>Continue on GitHub</a>"
+                } else {
+                    ""
+                },
+            );
+        }
+        None => body.push_str(
+            "<p class=empty>GitHub sign-in is not configured on this mesh (start peers with \
+             <code>--github-client-id</code>). Use the admin token below.</p>",
+        ),
+    }
+    body.push_str(
+        "</section><section><h2>Admin token</h2><p>Operators can keep the mesh's admin token \
+         in this browser instead.</p><form id=token-form class=deploy><label>Admin token \
+         <input name=token type=password autocomplete=off></label><button>Save</button>\
+         <output id=token-result></output></form></section>",
+    );
+    page(&viewer, "Sign in", &body)
+}
+
+/// New project: pick one of your GitHub repositories, or paste a git URL.
+async fn new_page<B: Backend>(_: State<AppState<B>>, viewer: Viewer) -> Html<String> {
+    let body = format!(
+        "<section><h1>New project</h1>{picker}</section>\
+         <section><h2>Or deploy any git URL</h2>{form}</section>",
+        picker = picker(&viewer),
+        form = deploy_form(&viewer),
+    );
+    page(&viewer, "New project", &body)
+}
+
+async fn projects_page<B: Backend>(
+    State(s): State<AppState<B>>,
+    viewer: Viewer,
+) -> Result<Html<String>, ApiError> {
     let projects = s.backend.projects()?;
     let deployments = s.backend.deployments()?;
     let mut rows = String::new();
@@ -151,13 +288,14 @@ async fn projects_page<B: Backend>(State(s): State<AppState<B>>) -> Result<Html<
          <th>Live commit</th><th>Built by</th><th>Live URL</th><th></th></tr></thead>\
          <tbody>{rows}</tbody></table>"
     );
-    Ok(page("Projects", &body))
+    Ok(page(&viewer, "Projects", &body))
 }
 
 async fn project_page<B: Backend>(
     State(s): State<AppState<B>>,
     Path(name): Path<String>,
     headers: axum::http::HeaderMap,
+    viewer: Viewer,
 ) -> Result<Html<String>, ApiError> {
     let p = s
         .backend
@@ -215,12 +353,13 @@ async fn project_page<B: Backend>(
         branch = esc(p.branch.as_deref().unwrap_or("")),
         secret_hint = if p.has_webhook_secret { "set (type to replace)" } else { "none: the mesh's" },
     );
-    Ok(page(&p.name, &body))
+    Ok(page(&viewer, &p.name, &body))
 }
 
 async fn deployment_page<B: Backend>(
     State(s): State<AppState<B>>,
     Path(id): Path<String>,
+    viewer: Viewer,
 ) -> Result<Html<String>, ApiError> {
     let d = s
         .backend
@@ -333,10 +472,10 @@ async fn deployment_page<B: Backend>(
         preview = esc(d.preview_url.as_deref().unwrap_or("")),
         id = esc(&d.id),
     );
-    Ok(page(&d.name, &body))
+    Ok(page(&viewer, &d.name, &body))
 }
 
-async fn peers_page<B: Backend>(State(s): State<AppState<B>>) -> Html<String> {
+async fn peers_page<B: Backend>(State(s): State<AppState<B>>, viewer: Viewer) -> Html<String> {
     let mut rows = String::new();
     for p in s.backend.peers() {
         let state = if p.alive { "alive" } else { "dead" };
@@ -360,7 +499,7 @@ async fn peers_page<B: Backend>(State(s): State<AppState<B>>) -> Html<String> {
          <th>Load</th><th>State</th><th>Last heartbeat</th><th>Capabilities</th></tr></thead>\
          <tbody>{rows}</tbody></table>"
     );
-    page("Peers", &body)
+    page(&viewer, "Peers", &body)
 }
 
 #[cfg(test)]

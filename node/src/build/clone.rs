@@ -9,7 +9,7 @@ use std::path::{Component, Path};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-/// How much a clone may take.
+/// How much a clone may take, and the token it may present.
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_bytes: u64,
@@ -18,6 +18,37 @@ pub struct Limits {
     pub max_checkout_bytes: u64,
     pub deadline: Instant,
     pub allow_local: bool,
+    pub credential: Option<Credential>,
+}
+
+/// A token for private repositories (GitHub's `x-access-token` basic
+/// auth), presented only to `origin` (scheme and host), also for
+/// submodules there, and only once per connection attempt.
+#[derive(Clone)]
+pub struct Credential {
+    pub origin: String,
+    pub token: String,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `scheme://host[:port]` of a URL, lowercased.
+pub fn origin(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let host = rest.split(['/', '?', '#']).next()?;
+    (!host.is_empty() && !host.contains('@')).then(|| {
+        format!(
+            "{}://{}",
+            scheme.to_ascii_lowercase(),
+            host.to_ascii_lowercase()
+        )
+    })
 }
 
 /// Deepest submodule nesting followed.
@@ -27,6 +58,8 @@ const MAX_SUBMODULE_DEPTH: usize = 3;
 pub enum CloneError {
     #[error("repository not found or not reachable: {0}")]
     Unreachable(String),
+    #[error("the repository needs credentials ({0}): it is private, or does not exist; deploy it signed in with GitHub so that shoal can use your token")]
+    Unauthorized(String),
     #[error("branch or tag '{0}' does not exist in the repository")]
     NoSuchRef(String),
     #[error("commit {0} is not in the repository")]
@@ -82,8 +115,27 @@ pub fn clone(
     })
 }
 
-fn fetch_options<'a>(limits: &'a Limits, cancel: &'a AtomicBool, depth: i32) -> FetchOptions<'a> {
+/// Callbacks that present `credential` (if any) to its own origin only.
+pub fn callbacks(credential: Option<&Credential>) -> RemoteCallbacks<'_> {
     let mut cb = RemoteCallbacks::new();
+    if let Some(cred) = credential {
+        let mut tried = false;
+        cb.credentials(move |url, _user, allowed| {
+            let ours = origin(url).as_deref() == Some(cred.origin.as_str());
+            if tried || !ours || !allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT) {
+                return Err(git2::Error::from_str(
+                    "the repository needs credentials that shoal does not have (or refused the token it has)",
+                ));
+            }
+            tried = true;
+            git2::Cred::userpass_plaintext("x-access-token", &cred.token)
+        });
+    }
+    cb
+}
+
+fn fetch_options<'a>(limits: &'a Limits, cancel: &'a AtomicBool, depth: i32) -> FetchOptions<'a> {
+    let mut cb = callbacks(limits.credential.as_ref());
     let (max_bytes, max_objects, deadline) =
         (limits.max_bytes, limits.max_objects, limits.deadline);
     cb.transfer_progress(move |p| {
@@ -115,6 +167,13 @@ fn explain(err: git2::Error, limits: &Limits, cancel: &AtomicBool, what: &str) -
             bytes: limits.max_bytes,
             objects: limits.max_objects,
         };
+    }
+    let message = err.message().to_ascii_lowercase();
+    if err.code() == git2::ErrorCode::Auth
+        || message.contains("authentication required")
+        || message.contains("credentials")
+    {
+        return CloneError::Unauthorized(format!("{what}: {}", err.message()));
     }
     match err.class() {
         git2::ErrorClass::Net

@@ -133,6 +133,8 @@ pub struct Job<'a> {
     pub workdir: &'a Path,
     /// Where finished artifacts go, as blocks and a manifest.
     pub blocks: &'a std::sync::Arc<p2p::blocks::BlockStore>,
+    /// A token for a private repository.
+    pub credential: Option<clone::Credential>,
 }
 
 struct Checkout<'a>(&'a Path);
@@ -177,6 +179,7 @@ pub async fn run(
         max_checkout_bytes: settings.max_repo_bytes,
         deadline: Instant::now() + settings.clone_timeout,
         allow_local: settings.allow_local,
+        credential: job.credential.clone(),
     };
     let flag = Arc::new(AtomicBool::new(*cancel.borrow()));
     let watcher = {

@@ -8,19 +8,26 @@ function el(tag, attrs, text) {
   return e;
 }
 
-// A write to the API with the admin token (asked for once, then kept in
-// this browser). Returns the response and its JSON body, or null if the
-// user gave no token.
+// A write to the API: with the session cookie and its CSRF token when
+// signed in with GitHub, otherwise with the admin token (asked for once,
+// then kept in this browser). Returns the response and its JSON body, or
+// null if the user gave no token.
+const csrf = (document.querySelector("meta[name=csrf]") || {}).content || "";
 async function write(method, url, body) {
-  let token = localStorage.getItem("shoal-token") || "";
-  if (!token) {
-    token = prompt("Admin token") || "";
-    if (!token) return null;
-    localStorage.setItem("shoal-token", token);
+  const headers = {};
+  if (csrf) {
+    headers["x-csrf-token"] = csrf;
+  } else {
+    let token = localStorage.getItem("shoal-token") || "";
+    if (!token) {
+      token = prompt("Admin token") || "";
+      if (!token) return null;
+      localStorage.setItem("shoal-token", token);
+    }
+    headers.authorization = "Bearer " + token;
   }
-  const headers = { authorization: "Bearer " + token };
   if (body !== undefined) headers["content-type"] = "application/json";
-  const res = await fetch(url, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const res = await fetch(url, { method, headers, credentials: "same-origin", body: body === undefined ? undefined : JSON.stringify(body) });
   const json = await res.json().catch(() => ({}));
   return { res, json };
 }
@@ -32,22 +39,95 @@ function problem(r) {
 const form = document.getElementById("deploy");
 if (form) {
   const token = form.elements.token;
-  token.value = localStorage.getItem("shoal-token") || "";
+  if (token) token.value = localStorage.getItem("shoal-token") || "";
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const out = document.getElementById("deploy-result");
-    localStorage.setItem("shoal-token", token.value);
+    if (token && token.value) localStorage.setItem("shoal-token", token.value);
     const body = { repo_url: form.elements.repo_url.value.trim() };
     for (const k of ["name", "ref"]) if (form.elements[k].value.trim()) body[k] = form.elements[k].value.trim();
-    const res = await fetch("/api/deployments", {
-      method: "POST",
-      headers: { "content-type": "application/json", authorization: "Bearer " + token.value },
-      body: JSON.stringify(body),
-    });
-    const json = await res.json().catch(() => ({}));
-    if (res.status === 202) location.href = "/deployments/" + json.id;
-    else out.textContent = (json.error || res.status) + ": " + (json.detail || "");
+    const r = await write("POST", "/api/deployments", body);
+    if (r && r.res.status === 202) location.href = "/deployments/" + r.json.id;
+    else if (r) out.textContent = problem(r);
   });
+}
+
+// Sign in with GitHub's device flow: show the code, then poll (through
+// whichever peer answers) until GitHub says yes, no or too late.
+const deviceLogin = document.getElementById("device-login");
+if (deviceLogin) {
+  deviceLogin.addEventListener("click", async () => {
+    const state = document.getElementById("device-state");
+    deviceLogin.disabled = true;
+    const res = await fetch("/auth/device", { method: "POST" });
+    const start = await res.json().catch(() => ({}));
+    document.getElementById("device-box").hidden = false;
+    if (!res.ok) { state.textContent = (start.error || res.status) + ": " + (start.detail || ""); deviceLogin.disabled = false; return; }
+    const link = document.getElementById("device-link");
+    link.href = start.verification_uri; link.textContent = start.verification_uri;
+    document.getElementById("device-code").textContent = start.user_code;
+    let { handle, interval } = start;
+    const poll = async () => {
+      const r = await fetch("/auth/device/poll", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ handle }) });
+      const j = await r.json().catch(() => ({}));
+      if (r.ok && j.state === "done") { state.textContent = "Signed in as @" + j.login + "."; location.href = "/new"; return; }
+      if (r.ok) { handle = j.handle; interval = j.interval; setTimeout(poll, interval * 1000); return; }
+      state.textContent = (j.error || r.status) + ": " + (j.detail || "");
+      deviceLogin.disabled = false;
+    };
+    setTimeout(poll, interval * 1000);
+  });
+}
+
+const tokenForm = document.getElementById("token-form");
+if (tokenForm) {
+  tokenForm.elements.token.value = localStorage.getItem("shoal-token") || "";
+  tokenForm.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    localStorage.setItem("shoal-token", tokenForm.elements.token.value.trim());
+    document.getElementById("token-result").textContent = "Saved in this browser.";
+  });
+}
+
+// The repository picker: the signed-in user's GitHub repositories, newest
+// push first, searchable, 30 per page; "Deploy" creates the project.
+const repoList = document.getElementById("repos");
+if (repoList) {
+  const search = document.getElementById("repo-search");
+  const out = document.getElementById("picker-result");
+  let page = 1, pages = 1, timer = null;
+  const load = async () => {
+    const res = await fetch("/api/github/repos?page=" + page + "&q=" + encodeURIComponent(search.value.trim()), { credentials: "same-origin" });
+    const j = await res.json().catch(() => ({}));
+    if (!res.ok) { repoList.replaceChildren(el("li", { class: "error" }, (j.error || res.status) + ": " + (j.detail || ""))); return; }
+    page = j.page; pages = j.pages;
+    document.getElementById("repos-page").textContent = "Page " + page + " of " + pages;
+    document.getElementById("repos-prev").disabled = page <= 1;
+    document.getElementById("repos-next").disabled = page >= pages;
+    const items = j.repos.map((r) => {
+      const li = el("li", { "data-repo": r.full_name });
+      const text = el("div");
+      text.append(el("strong", {}, r.full_name), " ");
+      if (r.private) text.append(el("span", { class: "badge private" }, "private"), " ");
+      if (r.description) text.append(el("span", { class: "empty" }, r.description));
+      const button = el("button", { type: "button" }, "Deploy");
+      button.addEventListener("click", async () => {
+        button.disabled = true;
+        const body = { repo_url: r.clone_url };
+        if (r.default_branch) body.ref = r.default_branch;
+        const w = await write("POST", "/api/deployments", body);
+        if (w && w.res.status === 202) location.href = "/deployments/" + w.json.id;
+        else { if (w) out.textContent = problem(w); button.disabled = false; }
+      });
+      li.append(text, button);
+      return li;
+    });
+    repoList.replaceChildren(...(items.length ? items : [el("li", { class: "empty" }, "No repositories match.")]));
+  };
+  search.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(() => { page = 1; load(); }, 250); });
+  document.getElementById("repos-prev").addEventListener("click", () => { if (page > 1) { page--; load(); } });
+  document.getElementById("repos-next").addEventListener("click", () => { if (page < pages) { page++; load(); } });
+  load();
 }
 
 const table = document.querySelector("#deployments tbody");
