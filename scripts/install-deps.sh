@@ -2,6 +2,7 @@
 # Installs what shoal needs on Debian/Ubuntu when it is missing.
 #   runtime: git and bubblewrap (the build sandbox), curl
 #   test:    the runtime set plus what the build needs (pkg-config, libssl-dev)
+#            and the browser tests' Chromium and ChromeDriver
 set -euo pipefail
 what=${1:-runtime}
 pkgs=()
@@ -12,6 +13,8 @@ if [ "$what" = test ]; then
   command -v pkg-config > /dev/null || pkgs+=(pkg-config)
   [ -e /usr/include/openssl/ssl.h ] || pkgs+=(libssl-dev)
   command -v npm > /dev/null || pkgs+=(nodejs npm)   # the npm build test
+  command -v chromium > /dev/null || pkgs+=(chromium)  # the browser tests
+  command -v chromedriver > /dev/null || pkgs+=(chromium-driver)
 fi
 [ ${#pkgs[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get > /dev/null; then

@@ -844,3 +844,65 @@ async fn http_backend(
     }
     res
 }
+
+/// `X-Hub-Signature-256` of a delivery body.
+pub fn sign(secret: &str, body: &[u8]) -> String {
+    let mut mac =
+        <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(secret.as_bytes()).unwrap();
+    hmac::Mac::update(&mut mac, body);
+    format!(
+        "sha256={}",
+        hex::encode(hmac::Mac::finalize(mac).into_bytes())
+    )
+}
+
+/// Sends a webhook delivery to a peer like GitHub does (signed with
+/// `secret`); returns the status and JSON body.
+pub async fn deliver(
+    peer: &crate::Peer,
+    event: &str,
+    delivery: &str,
+    body: &Value,
+    secret: &str,
+) -> (u16, Value) {
+    let raw = serde_json::to_vec(body).unwrap();
+    let res = peer
+        .client()
+        .post(format!("{}/api/hooks/github", peer.http))
+        .header("content-type", "application/json")
+        .header("user-agent", "GitHub-Hookshot/test")
+        .header("x-github-event", event)
+        .header("x-github-delivery", delivery)
+        .header("x-hub-signature-256", sign(secret, &raw))
+        .body(raw)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+/// A `push` event payload in GitHub's shape.
+pub fn push_body(repo: &str, branch: &str, before: &str, after: &str) -> Value {
+    json!({
+        "ref": format!("refs/heads/{branch}"),
+        "before": before,
+        "after": after,
+        "created": false,
+        "deleted": after.bytes().all(|b| b == b'0'),
+        "forced": false,
+        "repository": {
+            "id": 1296269,
+            "name": "site",
+            "full_name": "octo/site",
+            "private": false,
+            "html_url": repo,
+            "clone_url": format!("{repo}.git"),
+            "default_branch": "main"
+        },
+        "pusher": {"name": "octo", "email": "octo@example.com"},
+        "sender": {"login": "octo", "id": 1},
+        "head_commit": {"id": after, "message": "change"},
+        "commits": []
+    })
+}

@@ -10,7 +10,9 @@
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::time::Duration;
-use tests::github::{FakeGitHub, FakeRepo};
+use tests::github::{deliver, push_body, FakeGitHub, FakeRepo};
+
+const HOOK_SECRET: &str = "a webhook secret for the mesh";
 use tests::{wait_until, Mesh, Peer, Repo, TOKEN};
 
 /// A signed-in user: the sealed session and the cookie that carries it.
@@ -485,7 +487,8 @@ async fn a_private_repo_builds_on_another_peer_and_the_token_stays_sealed() -> R
         Some(source.path()),
     )?;
     // Peer A only serves, so peer B must build.
-    let flags = gh.flags();
+    let mut flags = gh.flags();
+    flags.extend(["--webhook-secret".to_owned(), HOOK_SECRET.to_owned()]);
     let serve_only: Vec<String> = flags
         .iter()
         .cloned()
@@ -525,6 +528,25 @@ async fn a_private_repo_builds_on_another_peer_and_the_token_stays_sealed() -> R
         .git_auth("octocat/secret-site")
         .iter()
         .any(|h| h.as_deref().is_some_and(|h| h.starts_with("Basic "))));
+
+    // A push webhook: B builds the pushed commit with the sealed token.
+    let before = done["commit"].as_str().unwrap().to_owned();
+    let after = source.commit(&[("index.html", b"<h1>private v2</h1>")], "v2")?;
+    gh.push("octocat", "secret-site", source.path())?;
+    let push = push_body(clone_url.trim_end_matches(".git"), "main", &before, &after);
+    let (status, body) = deliver(a, "push", "private-1", &push, HOOK_SECRET).await;
+    assert_eq!(status, 202, "{body}");
+    let pushed = body["deployments"][0].as_str().unwrap().to_owned();
+    let end = a.wait_final(&pushed, Duration::from_secs(60)).await?;
+    assert_eq!(end["status"], "success", "{}", a.log_text(&pushed).await?);
+    assert_eq!(end["commit"], after.as_str());
+    for p in [a, b] {
+        wait_until("v2 served", Duration::from_secs(20), || async {
+            let body = p.site("secret-site", "/").await.ok()?.text().await.ok()?;
+            body.contains("private v2").then_some(())
+        })
+        .await?;
+    }
 
     // Without a signed-in user's token, a private repository is refused
     // with a clear reason.
@@ -574,5 +596,85 @@ async fn a_private_repo_builds_on_another_peer_and_the_token_stays_sealed() -> R
             );
         }
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_signs_in_by_device_code_deploys_and_signs_out() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    use tokio::io::AsyncBufReadExt;
+    let gh = FakeGitHub::start(&[("octocat", &[])]).await?;
+    let flags = gh.flags();
+    let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let peer = Peer::start(&refs).await?;
+    let home = tempfile::tempdir()?;
+    let session_file = home.path().join("session");
+    let run = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(tests::shoal_bin());
+        cmd.args(args)
+            .env_remove("SHOAL_TOKEN")
+            .env("SHOAL_PEER", &peer.http)
+            .env("SHOAL_SESSION_FILE", &session_file)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd
+    };
+    let mut login = run(&["login"]).spawn()?;
+    let mut lines = tokio::io::BufReader::new(login.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await??
+        .context("login prints the code")?;
+    assert!(
+        first.contains(&format!("{}/login/device", gh.url)),
+        "{first}"
+    );
+    let code = first.rsplit(' ').next().unwrap().to_owned();
+    gh.approve_device(&code).await?;
+    let status = tokio::time::timeout(Duration::from_secs(30), login.wait()).await??;
+    let rest = lines.next_line().await?.unwrap_or_default();
+    assert!(status.success(), "login failed: {rest}");
+    assert!(rest.contains("Signed in as @octocat"), "{rest}");
+    let mode = std::fs::metadata(&session_file)?.permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the session file is private");
+    assert!(!std::fs::read_to_string(&session_file)?.contains(&gh.token_of("octocat")));
+
+    // Writes use the kept session.
+    let site = Repo::new(&[("index.html", b"<h1>from the cli</h1>")])?;
+    let out = run(&[
+        "deploy",
+        site.path().to_str().unwrap(),
+        "--name",
+        "cli-site",
+        "--wait",
+    ])
+    .output()
+    .await?;
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let body = peer.site("cli-site", "/").await?.text().await?;
+    assert!(body.contains("from the cli"));
+
+    let session = serde_json::from_str::<Value>(&std::fs::read_to_string(&session_file)?)?
+        ["session"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = run(&["logout"]).output().await?;
+    assert!(out.status.success());
+    assert!(!session_file.exists());
+    let res = no_redirects()
+        .get(format!("{}/api/me", peer.http))
+        .bearer_auth(&session)
+        .send()
+        .await?;
+    assert_eq!(res.status(), 401, "the session is revoked");
+    // Without a session or token, writes say how to get one.
+    let out = run(&["cancel", "nothing"]).output().await?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("shoal login"));
     Ok(())
 }

@@ -3,67 +3,12 @@
 
 #![allow(clippy::unwrap_used, clippy::panic)]
 
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use std::time::Duration;
+use tests::github::{deliver, push_body};
 use tests::{wait_until, Mesh, Peer, Repo, BUILD};
 
 const SECRET: &str = "It's a Secret to Everybody";
-
-fn sign(secret: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
-/// Sends a delivery like GitHub does; returns the status and JSON body.
-async fn deliver(
-    peer: &Peer,
-    event: &str,
-    delivery: &str,
-    body: &Value,
-    secret: &str,
-) -> (u16, Value) {
-    let raw = serde_json::to_vec(body).unwrap();
-    let res = peer
-        .client()
-        .post(format!("{}/api/hooks/github", peer.http))
-        .header("content-type", "application/json")
-        .header("user-agent", "GitHub-Hookshot/test")
-        .header("x-github-event", event)
-        .header("x-github-delivery", delivery)
-        .header("x-hub-signature-256", sign(secret, &raw))
-        .body(raw)
-        .send()
-        .await
-        .unwrap();
-    let status = res.status().as_u16();
-    (status, res.json().await.unwrap_or(Value::Null))
-}
-
-fn push_body(repo: &str, branch: &str, before: &str, after: &str) -> Value {
-    json!({
-        "ref": format!("refs/heads/{branch}"),
-        "before": before,
-        "after": after,
-        "created": false,
-        "deleted": after.bytes().all(|b| b == b'0'),
-        "forced": false,
-        "repository": {
-            "id": 1296269,
-            "name": "site",
-            "full_name": "octo/site",
-            "private": false,
-            "html_url": repo,
-            "clone_url": format!("{repo}.git"),
-            "default_branch": "main"
-        },
-        "pusher": {"name": "octo", "email": "octo@example.com"},
-        "sender": {"login": "octo", "id": 1},
-        "head_commit": {"id": after, "message": "change"},
-        "commits": []
-    })
-}
 
 /// Two peers taking webhooks, site `name` live at v1 from a repository
 /// that has a new commit, v2, not deployed yet: (mesh, repo, repo URL,

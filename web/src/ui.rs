@@ -210,7 +210,7 @@ async fn login_page<B: Backend>(State(s): State<AppState<B>>, viewer: Viewer) ->
             let _ = write!(
                 body,
                 "<p>Sign in with your GitHub account on <a href='{url}'>{url}</a>.</p>\
-                 <p><button id=device-login>Sign in with GitHub</button> {web}</p>\
+                 <p><button id=device-login>Sign in with GitHub (device code)</button> {web}</p>\
                  <div id=device-box hidden><p>Open <a id=device-link target=_blank rel=noopener></a> \
                  and enter this code:</p><p class=code id=device-code></p>\
                  <p id=device-state role=status>Waiting for GitHub…</p></div>",
@@ -446,6 +446,18 @@ async fn deployment_page<B: Backend>(
     } else {
         String::new()
     };
+    let redeploy = if cancel.is_empty() {
+        format!(
+            "<p><button id=redeploy type=button data-repo='{repo}' data-name='{name}' data-ref='{git_ref}'>\
+             Redeploy latest {what}</button> <span id=redeploy-result role=status></span></p>",
+            repo = esc(&d.repo_url),
+            name = esc(&d.name),
+            git_ref = esc(d.git_ref.as_deref().unwrap_or("")),
+            what = esc(d.git_ref.as_deref().unwrap_or("commit")),
+        )
+    } else {
+        String::new()
+    };
     let mut steps = String::new();
     for st in crate::model::timeline(&s.backend.logs(&d.id)?.unwrap_or_default()) {
         let _ = write!(
@@ -461,7 +473,7 @@ async fn deployment_page<B: Backend>(
         );
     }
     let body = format!(
-        "<h1>{name} {badge}</h1>{error}{cancel}{make_live}<p><a href='{url}'>{url}</a></p>\
+        "<h1>{name} {badge}</h1>{error}{cancel}{make_live}{redeploy}<p><a href='{url}'>{url}</a></p>\
          <p>This version: <a id=preview href='{preview}'>{preview}</a></p><dl>{dl}</dl>\
          <h2>Timeline</h2><ol id=timeline>{steps}</ol>\
          <h2>Replicas</h2><div id=replicas-box data-deployment='{id}'>{replicas}</div>\

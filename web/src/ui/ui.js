@@ -217,6 +217,24 @@ if (cancelButton) {
   });
 }
 
+// Build the branch's latest commit again.
+const redeploy = document.getElementById("redeploy");
+if (redeploy) {
+  redeploy.addEventListener("click", async () => {
+    const out = document.getElementById("redeploy-result");
+    redeploy.disabled = true;
+    const { repo, name, ref } = redeploy.dataset;
+    const body = { repo_url: repo, name };
+    if (ref) body.ref = ref;
+    const r = await write("POST", "/api/deployments", body);
+    if (r && r.res.status === 202) location.href = "/deployments/" + r.json.id;
+    else {
+      if (r) out.textContent = problem(r);
+      redeploy.disabled = false;
+    }
+  });
+}
+
 // Roll back to, or promote, a successful version.
 const makeLive = document.getElementById("make-live");
 if (makeLive) {
