@@ -13,6 +13,7 @@ if [ "$what" = test ]; then
   command -v pkg-config > /dev/null || pkgs+=(pkg-config)
   [ -e /usr/include/openssl/ssl.h ] || pkgs+=(libssl-dev)
   command -v npm > /dev/null || pkgs+=(nodejs npm)   # the npm build test
+  command -v openssl > /dev/null || pkgs+=(openssl)    # the fake GitHub App's key
   command -v chromium > /dev/null || pkgs+=(chromium)  # the browser tests
   command -v chromedriver > /dev/null || pkgs+=(chromium-driver)
 fi

@@ -163,6 +163,14 @@ pub struct NodeConfig {
     /// `--allowed-orgs`. GitHub Apps ignore it.
     #[arg(long, env = "SHOAL_GITHUB_SCOPE", default_value = "repo read:org")]
     pub github_scope: String,
+    /// GitHub App id: private repositories on GitHub are cloned with a
+    /// short-lived, read-only installation token of this app (where it is
+    /// installed), minted per build. Needs `--github-app-key-file`.
+    #[arg(long, env = "SHOAL_GITHUB_APP_ID")]
+    pub github_app_id: Option<String>,
+    /// The GitHub App's private key (PEM), e.g. a mounted Kubernetes Secret.
+    #[arg(long, env = "SHOAL_GITHUB_APP_KEY_FILE")]
+    pub github_app_key_file: Option<PathBuf>,
     /// GitHub users who may sign in and deploy (comma-separated).
     #[arg(long, env = "SHOAL_ALLOWED_USERS", value_delimiter = ',')]
     pub allowed_users: Vec<String>,

@@ -91,6 +91,10 @@ pub async fn build_and_publish(
         }
     };
     let workdir = shared.builds_dir.join(&rec.id);
+    let (credential, note) = shared.clone_credential(&rec.name, &rec.repo_url).await;
+    if let Some(note) = note {
+        log.step("clone").info(&note);
+    }
     let job = Job {
         url,
         git_ref: rec.git_ref.as_deref(),
@@ -98,12 +102,7 @@ pub async fn build_and_publish(
         live_url: &rec.live_url,
         workdir: &workdir,
         blocks: &shared.blocks,
-        credential: shared
-            .repo_credential(&rec.name, &rec.repo_url)
-            .unwrap_or_else(|why| {
-                log.step("clone").line(Level::Warn, &why);
-                None
-            }),
+        credential,
     };
     let result = build::run(&shared.settings, job, &log, cancel, |commit| {
         let _ = fenced(state, &rec.id, epoch, |r| {

@@ -213,6 +213,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         active_builds: active_builds.clone(),
         lease,
         keys: backend.auth.keys.clone(),
+        github_app: github_app(&cfg)?,
     });
 
     let http_metrics = Arc::new(web::HttpMetrics::default());
@@ -364,4 +365,28 @@ fn web_auth(cfg: &NodeConfig, admin_token: String, psk: Option<&str>) -> anyhow:
             .map(|u| u.trim().trim_end_matches('/').to_owned())
             .filter(|u| !u.is_empty()),
     })
+}
+
+/// The GitHub App private repositories are cloned as, if configured.
+fn github_app(cfg: &NodeConfig) -> anyhow::Result<Option<Arc<web::github::GitHubApp>>> {
+    let (Some(id), Some(key_file)) = (
+        cfg.github_app_id
+            .as_deref()
+            .map(str::trim)
+            .filter(|i| !i.is_empty()),
+        &cfg.github_app_key_file,
+    ) else {
+        if cfg.github_app_id.is_some() {
+            anyhow::bail!("--github-app-id needs --github-app-key-file");
+        }
+        return Ok(None);
+    };
+    let pem = std::fs::read(key_file)
+        .with_context(|| format!("reading the GitHub App key {}", key_file.display()))?;
+    let app = web::github::GitHubApp::new(&cfg.github_url, &cfg.github_api_url, id, &pem)?;
+    info!(
+        app = id,
+        "private GitHub repositories are cloned as the GitHub App"
+    );
+    Ok(Some(Arc::new(app)))
 }

@@ -136,16 +136,17 @@ impl Poller {
             let Ok(url) = validate::repo_url(&project.repo_url, self.allow_local) else {
                 continue;
             };
-            let credential = self
-                .shared
-                .repo_credential(&project.name, url.as_str())
-                .unwrap_or_else(|why| {
-                    warn!(project = %project.name, "{why}");
-                    None
-                });
-            let (backend, running) = (self.backend.clone(), self.running.clone());
+            let (backend, running, shared) = (
+                self.backend.clone(),
+                self.running.clone(),
+                self.shared.clone(),
+            );
             tokio::spawn(async move {
                 let name = project.name.clone();
+                let (credential, note) = shared.clone_credential(&name, url.as_str()).await;
+                if let Some(note) = note {
+                    debug!(project = %name, "{note}");
+                }
                 check(&backend, project, url.as_str().to_owned(), credential).await;
                 running
                     .lock()

@@ -52,12 +52,52 @@ pub struct Shared {
     pub lease: Duration,
     /// The mesh's keys, to open tokens sealed into projects.
     pub keys: Arc<web::session::Keys>,
+    /// The GitHub App private repositories are cloned as, if configured.
+    pub github_app: Option<Arc<web::github::GitHubApp>>,
 }
 
 impl Shared {
-    /// The token to clone project `name`'s repository with, if one was
-    /// sealed into the project; an error (to log) if this peer cannot open it.
-    pub fn repo_credential(
+    /// The token to clone project `name`'s repository with: a fresh
+    /// read-only installation token of the GitHub App where it is
+    /// installed, else the token sealed into the project when a signed-in
+    /// user deployed it, else none. The note, if any, is for the log.
+    pub async fn clone_credential(
+        &self,
+        name: &str,
+        repo_url: &str,
+    ) -> (Option<crate::build::clone::Credential>, Option<String>) {
+        let origin = crate::build::clone::origin(repo_url);
+        if let (Some(app), Some(origin)) = (&self.github_app, &origin) {
+            if let Some((owner, repo)) = web::github::owner_repo(repo_url, &app.web_url) {
+                match app.repo_token(&owner, &repo).await {
+                    Ok(Some(token)) => {
+                        let cred = crate::build::clone::Credential {
+                            origin: origin.clone(),
+                            token,
+                        };
+                        let note = "cloning with a read-only token of the GitHub App".to_owned();
+                        return (Some(cred), Some(note));
+                    }
+                    Ok(None) => {}
+                    Err(err) => {
+                        let note = format!("no GitHub App token ({err}); trying the deployer's");
+                        return match self.repo_credential(name, repo_url) {
+                            Ok(c) => (c, Some(note)),
+                            Err(why) => (None, Some(format!("{note}; {why}"))),
+                        };
+                    }
+                }
+            }
+        }
+        match self.repo_credential(name, repo_url) {
+            Ok(c) => (c, None),
+            Err(why) => (None, Some(why)),
+        }
+    }
+
+    /// The token sealed into project `name` for its repository, if any; an
+    /// error (to log) if this peer cannot open it.
+    fn repo_credential(
         &self,
         name: &str,
         repo_url: &str,

@@ -74,7 +74,16 @@ struct Inner {
     device_polls: usize,
     /// Answer the next device poll with `slow_down`.
     force_slow_down: bool,
+    /// The GitHub App: its public key (PEM) and the owners it is installed on.
+    app: Option<(Vec<u8>, Vec<String>)>,
+    /// Installation tokens: token → (owner, repositories).
+    installation_tokens: HashMap<String, (String, Vec<String>)>,
+    /// Bodies of access-token requests (what the app asked for).
+    pub token_requests: Vec<Value>,
 }
+
+/// The fake GitHub App's id.
+pub const APP_ID: &str = "4242";
 
 #[derive(Clone)]
 struct Fake {
@@ -151,6 +160,14 @@ impl FakeGitHub {
             .route("/api/v3/user", get(user))
             .route("/api/v3/user/orgs", get(orgs))
             .route("/api/v3/user/repos", get(repos))
+            .route(
+                "/api/v3/repos/{owner}/{repo}/installation",
+                get(installation),
+            )
+            .route(
+                "/api/v3/app/installations/{id}/access_tokens",
+                post(installation_token),
+            )
             .route("/{owner}/{repo}/info/refs", get(git_refs))
             .route("/{owner}/{repo}/git-upload-pack", post(git_upload))
             .with_state(fake.clone());
@@ -230,6 +247,31 @@ impl FakeGitHub {
             .filter(|(r, _)| r == full_name)
             .map(|(_, a)| a.clone())
             .collect()
+    }
+
+    /// Registers a GitHub App installed on `owners`' accounts; returns the
+    /// path of its private key (PEM), made with `openssl genrsa`.
+    pub fn enable_app(&self, owners: &[&str]) -> Result<std::path::PathBuf> {
+        let key = self.fake.root.join("app-key.pem");
+        let run = |args: &[&str]| -> Result<Vec<u8>> {
+            let out = std::process::Command::new("openssl").args(args).output()?;
+            anyhow::ensure!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(out.stdout)
+        };
+        let key_str = key.to_str().context("utf-8 path")?;
+        run(&["genrsa", "-out", key_str, "2048"])?;
+        let public = run(&["rsa", "-in", key_str, "-pubout"])?;
+        self.fake.lock().app = Some((public, owners.iter().map(|o| (*o).to_owned()).collect()));
+        Ok(key)
+    }
+
+    /// What the app asked for in its access-token requests.
+    pub fn token_requests(&self) -> Vec<Value> {
+        self.fake.lock().token_requests.clone()
     }
 
     /// Adds a repository listed for its owner; with `source`, it is also a
@@ -678,11 +720,21 @@ fn git_access(f: &Fake, owner: &str, repo: &str, headers: &HeaderMap) -> Result<
                     .find(|(_, t)| t.as_str() == password)
                     .map(|(l, _)| l.clone())
             });
+        let password = auth
+            .as_deref()
+            .and_then(|a| a.strip_prefix("Basic "))
+            .and_then(|b| base64_decode(b.trim()))
+            .and_then(|userpass| userpass.split_once(':').map(|(_, p)| p.to_owned()))
+            .unwrap_or_default();
+        let by_app = inner
+            .installation_tokens
+            .get(&password)
+            .is_some_and(|(owner, repos)| *owner == r.owner && repos.contains(&r.name));
         let orgs = login
             .as_ref()
             .and_then(|l| inner.orgs.get(l).cloned())
             .unwrap_or_default();
-        let allowed = login.is_some_and(|l| l == r.owner || orgs.contains(&r.owner));
+        let allowed = by_app || login.is_some_and(|l| l == r.owner || orgs.contains(&r.owner));
         if !allowed {
             return Err((
                 StatusCode::UNAUTHORIZED,
@@ -905,4 +957,108 @@ pub fn push_body(repo: &str, branch: &str, before: &str, after: &str) -> Value {
         "head_commit": {"id": after, "message": "change"},
         "commits": []
     })
+}
+
+/// The app a request's JWT signs in as, checked like GitHub does (RS256 with
+/// the app's key, `iss` = app id, not expired, at most 10 minutes long).
+fn app_jwt_ok(f: &Fake, headers: &HeaderMap) -> bool {
+    let Some(jwt) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let Some((public, _)) = f.lock().app.clone() else {
+        return false;
+    };
+    let Ok(key) = jsonwebtoken::DecodingKey::from_rsa_pem(&public) else {
+        return false;
+    };
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    validation.set_issuer(&[APP_ID]);
+    validation.set_required_spec_claims(&["exp", "iat", "iss"]);
+    match jsonwebtoken::decode::<Value>(jwt, &key, &validation) {
+        Ok(data) => {
+            let (iat, exp) = (data.claims["iat"].as_u64(), data.claims["exp"].as_u64());
+            matches!((iat, exp), (Some(i), Some(e)) if e > i && e - i <= 600)
+        }
+        Err(_) => false,
+    }
+}
+
+async fn installation(
+    State(f): State<Fake>,
+    Path((owner, _repo)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if !app_jwt_ok(&f, &headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"message": "A JSON web token could not be decoded"})),
+        )
+            .into_response();
+    }
+    let installed = f
+        .lock()
+        .app
+        .as_ref()
+        .and_then(|(_, owners)| owners.iter().position(|o| *o == owner));
+    match installed {
+        Some(i) => Json(json!({
+            "id": 1000 + i,
+            "account": {"login": owner},
+            "app_id": APP_ID.parse::<u64>().unwrap_or(0),
+            "repository_selection": "all",
+            "permissions": {"contents": "read", "metadata": "read"},
+        }))
+        .into_response(),
+        None => (StatusCode::NOT_FOUND, Json(json!({"message": "Not Found"}))).into_response(),
+    }
+}
+
+async fn installation_token(
+    State(f): State<Fake>,
+    Path(id): Path<usize>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    if !app_jwt_ok(&f, &headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"message": "Bad credentials"})),
+        )
+            .into_response();
+    }
+    let mut inner = f.lock();
+    let Some(owner) = inner
+        .app
+        .as_ref()
+        .and_then(|(_, owners)| owners.get(id.wrapping_sub(1000)).cloned())
+    else {
+        return (StatusCode::NOT_FOUND, Json(json!({"message": "Not Found"}))).into_response();
+    };
+    let repos: Vec<String> = body["repositories"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| r.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let token = format!("ghs_{}", random_hex(36));
+    inner
+        .installation_tokens
+        .insert(token.clone(), (owner, repos));
+    inner.token_requests.push(body.clone());
+    (
+        StatusCode::CREATED,
+        Json(json!({
+            "token": token,
+            "expires_at": "2099-01-01T00:00:00Z",
+            "permissions": body["permissions"],
+            "repository_selection": "selected",
+        })),
+    )
+        .into_response()
 }

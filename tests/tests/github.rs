@@ -678,3 +678,69 @@ async fn the_cli_signs_in_by_device_code_deploys_and_signs_out() -> Result<()> {
     assert!(String::from_utf8_lossy(&out.stderr).contains("shoal login"));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_github_app_clones_private_repos_with_read_only_installation_tokens() -> Result<()> {
+    let gh = FakeGitHub::start(&[("octocat", &[]), ("other", &[])]).await?;
+    let source = Repo::new(&[("index.html", b"<h1>cloned as the app</h1>")])?;
+    let mut urls = Vec::new();
+    for owner in ["octocat", "other"] {
+        urls.push(gh.add_repo(
+            FakeRepo {
+                owner: owner.into(),
+                name: "app-site".into(),
+                private: true,
+                description: String::new(),
+                pushed: 1,
+                default_branch: "main".into(),
+            },
+            Some(source.path()),
+        )?);
+    }
+    let key = gh.enable_app(&["octocat"])?;
+    let mut flags = gh.flags();
+    flags.extend([
+        "--github-app-id".to_owned(),
+        tests::github::APP_ID.to_owned(),
+        "--github-app-key-file".to_owned(),
+        key.to_str().unwrap().to_owned(),
+    ]);
+    let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let peer = Peer::start(&refs).await?;
+
+    // Deployed with the admin token: no user token is involved at all.
+    let (status, dep) = peer
+        .post_deployment(&json!({"repo_url": urls[0], "name": "app-site"}))
+        .await?;
+    assert_eq!(status, 202);
+    let id = dep["id"].as_str().unwrap();
+    let done = peer.wait_final(id, Duration::from_secs(60)).await?;
+    let log = peer.log_text(id).await?;
+    assert_eq!(done["status"], "success", "{log}");
+    assert!(log.contains("read-only token of the GitHub App"), "{log}");
+    let body = peer.site("app-site", "/").await?.text().await?;
+    assert!(body.contains("cloned as the app"));
+    // The token asked for: this repository only, contents read-only.
+    let asked = gh.token_requests();
+    assert_eq!(
+        asked.first(),
+        Some(
+            &json!({"repositories": ["app-site"], "permissions": {"contents": "read", "metadata": "read"}})
+        )
+    );
+    assert!(gh
+        .git_auth("octocat/app-site")
+        .iter()
+        .any(|h| h.as_deref().is_some_and(|h| h.starts_with("Basic "))));
+
+    // Where the app is not installed, the clone is refused, with the reason.
+    let (status, dep) = peer
+        .post_deployment(&json!({"repo_url": urls[1], "name": "not-installed"}))
+        .await?;
+    assert_eq!(status, 202);
+    let id = dep["id"].as_str().unwrap();
+    let done = peer.wait_final(id, Duration::from_secs(60)).await?;
+    assert_eq!(done["status"], "buildFailed");
+    assert!(peer.log_text(id).await?.contains("needs credentials"));
+    Ok(())
+}

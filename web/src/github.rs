@@ -332,6 +332,139 @@ impl GitHub {
     }
 }
 
+/// A GitHub App that shoal clones private repositories as: each build
+/// mints a short-lived installation token for just that repository, with
+/// read-only `contents` (and `metadata`), signed in as the app with an
+/// RS256 JWT. Nothing is stored.
+pub struct GitHubApp {
+    /// `https://github.com`: the origin clone URLs must have.
+    pub web_url: String,
+    api_url: String,
+    app_id: String,
+    key: jsonwebtoken::EncodingKey,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for GitHubApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitHubApp")
+            .field("api_url", &self.api_url)
+            .field("app_id", &self.app_id)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Serialize)]
+struct AppClaims<'a> {
+    iat: u64,
+    exp: u64,
+    iss: &'a str,
+}
+
+#[derive(Deserialize)]
+struct Installation {
+    id: u64,
+}
+
+#[derive(Deserialize)]
+struct InstallationToken {
+    token: String,
+}
+
+impl GitHubApp {
+    /// `key_pem`: the app's private key (PKCS#1 or PKCS#8 PEM), as GitHub
+    /// downloads it.
+    pub fn new(
+        web_url: &str,
+        api_url: &str,
+        app_id: &str,
+        key_pem: &[u8],
+    ) -> Result<Self, GitHubError> {
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(key_pem).map_err(|e| {
+            GitHubError::Refused(format!("the GitHub App key is not an RSA PEM key: {e}"))
+        })?;
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("shoal/", env!("CARGO_PKG_VERSION")))
+            .timeout(TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| GitHubError::Unreachable(e.to_string()))?;
+        Ok(Self {
+            web_url: web_url.trim_end_matches('/').to_owned(),
+            api_url: api_url.trim_end_matches('/').to_owned(),
+            app_id: app_id.to_owned(),
+            key,
+            http,
+        })
+    }
+
+    /// A JWT that authenticates as the app for 9 minutes (GitHub allows
+    /// 10; issued a minute in the past against clock drift).
+    fn jwt(&self) -> Result<String, GitHubError> {
+        let now = crate::session::now_secs();
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+            &AppClaims {
+                iat: now.saturating_sub(60),
+                exp: now + 540,
+                iss: &self.app_id,
+            },
+            &self.key,
+        )
+        .map_err(|e| GitHubError::Refused(format!("signing the app's JWT: {e}")))
+    }
+
+    /// A read-only token for `owner/repo`, or `None` if the app is not
+    /// installed there.
+    pub async fn repo_token(&self, owner: &str, repo: &str) -> Result<Option<String>, GitHubError> {
+        let jwt = self.jwt()?;
+        let res = self
+            .http
+            .get(format!(
+                "{}/repos/{owner}/{repo}/installation",
+                self.api_url
+            ))
+            .header("accept", "application/vnd.github+json")
+            .header("x-github-api-version", "2022-11-28")
+            .bearer_auth(&jwt)
+            .send()
+            .await?;
+        if res.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let installation: Installation = check(res).await?.json().await?;
+        let res = self
+            .http
+            .post(format!(
+                "{}/app/installations/{}/access_tokens",
+                self.api_url, installation.id
+            ))
+            .header("accept", "application/vnd.github+json")
+            .header("x-github-api-version", "2022-11-28")
+            .bearer_auth(&jwt)
+            .json(&serde_json::json!({
+                "repositories": [repo],
+                "permissions": {"contents": "read", "metadata": "read"},
+            }))
+            .send()
+            .await?;
+        let token: InstallationToken = check(res).await?.json().await?;
+        Ok(Some(token.token))
+    }
+}
+
+/// `(owner, repo)` of a clone URL on `web_url`'s host.
+pub fn owner_repo(url: &str, web_url: &str) -> Option<(String, String)> {
+    let rest = url
+        .strip_prefix(web_url.trim_end_matches('/'))?
+        .strip_prefix('/')?;
+    let mut parts = rest.trim_end_matches('/').split('/');
+    let owner = parts.next().filter(|o| !o.is_empty())?;
+    let repo = parts.next()?;
+    let repo = repo.strip_suffix(".git").unwrap_or(repo);
+    (parts.next().is_none() && !repo.is_empty()).then(|| (owner.to_owned(), repo.to_owned()))
+}
+
 /// Fails with GitHub's own message on any status but 2xx.
 async fn check(res: reqwest::Response) -> Result<reqwest::Response, GitHubError> {
     let status = res.status();
@@ -405,6 +538,23 @@ mod tests {
         assert_eq!(next_link(last), None);
         assert_eq!(next_link("garbage"), None);
         assert_eq!(next_link(""), None);
+    }
+
+    #[test]
+    fn owner_and_repo_of_clone_urls() {
+        let gh = "https://github.com";
+        assert_eq!(
+            owner_repo("https://github.com/octo/site.git", gh),
+            Some(("octo".into(), "site".into()))
+        );
+        assert_eq!(
+            owner_repo("https://github.com/octo/site", "https://github.com/"),
+            Some(("octo".into(), "site".into()))
+        );
+        assert_eq!(owner_repo("https://github.com.evil/octo/site", gh), None);
+        assert_eq!(owner_repo("https://github.com/octo", gh), None);
+        assert_eq!(owner_repo("https://github.com/octo/site/extra", gh), None);
+        assert_eq!(owner_repo("https://gitlab.com/octo/site", gh), None);
     }
 
     #[test]

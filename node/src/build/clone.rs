@@ -236,13 +236,16 @@ fn fetch(
     let wanted = match git_ref {
         Some(r) => r.to_owned(),
         None => {
-            remote
-                .connect(git2::Direction::Fetch)
+            let connection = remote
+                .connect_auth(
+                    git2::Direction::Fetch,
+                    Some(callbacks(limits.credential.as_ref())),
+                    None,
+                )
                 .map_err(|e| explain(e, limits, cancel, &location))?;
-            let head = remote
+            let head = connection
                 .default_branch()
                 .map_err(|e| explain(e, limits, cancel, &location))?;
-            remote.disconnect()?;
             head.as_str().unwrap_or("HEAD").to_owned()
         }
     };
