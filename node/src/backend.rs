@@ -580,10 +580,17 @@ impl web::Backend for NodeBackend {
             .iter()
             .map(ToString::to_string)
             .collect();
+        let mut holds: std::collections::HashMap<String, Vec<String>> = Default::default();
+        for r in self.state.all_replicas().unwrap_or_default() {
+            if r.state == crate::model::ReplicaState::Complete {
+                holds.entry(r.peer).or_default().push(r.deployment);
+            }
+        }
         self.members
             .view(&info, &addrs)
             .into_iter()
             .map(|p| web::PeerInfo {
+                holds: holds.remove(&p.id).unwrap_or_default(),
                 id: p.id,
                 name: p.name,
                 addresses: p.addresses,

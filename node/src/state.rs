@@ -200,6 +200,16 @@ impl State {
             .collect())
     }
 
+    /// Every peer's replica of every deployment.
+    pub fn all_replicas(&self) -> Result<Vec<DeploymentFile>, StoreError> {
+        Ok(self
+            .files
+            .scan_prefix(b"")?
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect())
+    }
+
     /// This peer's replica of `deployment`.
     pub fn my_replica(&self, deployment: &str) -> Result<Option<DeploymentFile>, StoreError> {
         self.files.get(&file_key(deployment, &self.peer))

@@ -299,7 +299,26 @@ async fn sign_in_pick_a_repo_deploy_redeploy_and_roll_back_in_a_real_browser() -
     })
     .await?;
     screenshot(&c, "projects").await?;
+    // The project's history: two versions went live, then the rollback.
+    c.goto(&format!("{}/projects/blog", a.http)).await?;
+    let history = wait_text(&c, "#history", "the project's history", |t| {
+        t.contains("rollback")
+    })
+    .await?;
+    assert_eq!(
+        history.matches("every live peer holds it").count(),
+        2,
+        "{history}"
+    );
+    let first_id = first_url.rsplit('/').next().unwrap();
+    assert!(history.contains(&first_id[..10]));
     c.goto(&format!("{}/peers", a.http)).await?;
+    let rows = c.find_all(Locator::Css("#peers tbody tr")).await?;
+    assert_eq!(rows.len(), 3);
+    for row in rows {
+        let text = row.text().await?;
+        assert!(text.contains("alive") && text.contains("blog"), "{text}");
+    }
     screenshot(&c, "peers").await?;
 
     // Phone width: the dashboard fits without sideways scrolling.

@@ -261,6 +261,9 @@ pub struct PeerInfo {
     pub alive: bool,
     #[serde(rename = "self")]
     pub is_self: bool,
+    /// Deployments this peer holds a complete copy of.
+    #[serde(default)]
+    pub holds: Vec<String>,
 }
 
 /// Something happened to a deployment.

@@ -30,6 +30,8 @@ pub fn routes<B: Backend>() -> Router<AppState<B>> {
 }
 
 const CSS: &str = include_str!("ui/ui.css");
+/// Deployments (newest first) whose switches a project page lists.
+const HISTORY_DEPLOYMENTS: usize = 30;
 const JS: &str = include_str!("ui/ui.js");
 
 /// The first `n` characters of `s` (never splits a character: ids and
@@ -302,7 +304,41 @@ async fn project_page<B: Backend>(
         .project(&name)?
         .ok_or_else(|| ApiError::not_found(format!("no project {name}")))?;
     let mut rows = String::new();
-    for d in s.backend.deployments()?.iter().filter(|d| d.name == p.name) {
+    // Which version went live when: successes, rollbacks and promotions.
+    let mut history: Vec<(String, String, String)> = Vec::new();
+    let project_deployments: Vec<DeploymentView> = s
+        .backend
+        .deployments()?
+        .into_iter()
+        .filter(|d| d.name == p.name)
+        .collect();
+    for d in project_deployments.iter().take(HISTORY_DEPLOYMENTS) {
+        for line in s.backend.logs(&d.id)?.unwrap_or_default() {
+            let switch = (line.step == "live"
+                && (line.message.starts_with("rollback") || line.message.starts_with("promote")))
+                || (line.step == "distribute"
+                    && line.message.starts_with("every live peer holds it"));
+            if switch {
+                history.push((line.created_at.clone(), d.id.clone(), line.message.clone()));
+            }
+        }
+    }
+    history.sort_by(|a, b| b.0.cmp(&a.0));
+    let mut switches = String::new();
+    for (at, id, message) in &history {
+        let _ = write!(
+            switches,
+            "<li><time>{at}</time> <a href='/deployments/{id}' class=mono>{short}</a>: {message}</li>",
+            at = esc(at),
+            id = esc(id),
+            short = esc(head(id, 10)),
+            message = esc(message),
+        );
+    }
+    if switches.is_empty() {
+        switches.push_str("<li class=empty>No version has gone live yet.</li>");
+    }
+    for d in &project_deployments {
         let live = p.current_deployment.as_deref() == Some(d.id.as_str());
         let _ = write!(
             rows,
@@ -345,7 +381,8 @@ async fn project_page<B: Backend>(
          <label>Webhook secret of this project <input name=webhook_secret type=password autocomplete=off placeholder='{secret_hint}'></label>\
          <button>Save</button><output id=settings-result></output></form>\
          <h2>Deployments</h2><table id=project-deployments><thead><tr><th>Deployment</th><th>Status</th>\
-         <th>Commit</th><th>Created</th></tr></thead><tbody>{rows}</tbody></table>",
+         <th>Commit</th><th>Created</th></tr></thead><tbody>{rows}</tbody></table>\
+         <h2>History</h2><ol id=history>{switches}</ol>",
         name = esc(&p.name),
         repo = esc(&p.repo_url),
         checked = if p.auto_deploy { "checked" } else { "" },
@@ -488,14 +525,35 @@ async fn deployment_page<B: Backend>(
 }
 
 async fn peers_page<B: Backend>(State(s): State<AppState<B>>, viewer: Viewer) -> Html<String> {
+    let names: std::collections::HashMap<String, String> = s
+        .backend
+        .deployments()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|d| (d.id, d.name))
+        .collect();
     let mut rows = String::new();
     for p in s.backend.peers() {
         let state = if p.alive { "alive" } else { "dead" };
+        let mut held = String::new();
+        for id in p.holds.iter().rev().take(12) {
+            let name = names.get(id).map_or("?", String::as_str);
+            let _ = write!(
+                held,
+                "<a href='/deployments/{id}'>{name}&nbsp;<span class=mono>{short}</span></a> ",
+                id = esc(id),
+                name = esc(name),
+                short = esc(head(id, 8)),
+            );
+        }
+        if p.holds.len() > 12 {
+            let _ = write!(held, "and {} more", p.holds.len() - 12);
+        }
         let _ = write!(
             rows,
             "<tr data-peer='{id}'><td>{name}{me}</td><td class=mono>{short}</td><td>{region}</td>\
              <td>{load:.2}</td><td><span class='badge {state}'>{state}</span></td><td>{seen}</td>\
-             <td class=mono>{caps}</td></tr>",
+             <td class=mono>{caps}</td><td class=holds>{held}</td></tr>",
             id = esc(&p.id),
             name = esc(&p.name),
             me = if p.is_self { " (this peer)" } else { "" },
@@ -508,7 +566,7 @@ async fn peers_page<B: Backend>(State(s): State<AppState<B>>, viewer: Viewer) ->
     }
     let body = format!(
         "<h1>Peers</h1><table id=peers><thead><tr><th>Name</th><th>Peer id</th><th>Region</th>\
-         <th>Load</th><th>State</th><th>Last heartbeat</th><th>Capabilities</th></tr></thead>\
+         <th>Load</th><th>State</th><th>Last heartbeat</th><th>Capabilities</th><th>Holds</th></tr></thead>\
          <tbody>{rows}</tbody></table>"
     );
     page(&viewer, "Peers", &body)
