@@ -100,6 +100,23 @@ async fn sign_in(gh: &FakeGitHub, start: &Peer, finish: &Peer) -> Result<SignedI
     })
 }
 
+/// `POST /api/deployments` with a session cookie and, maybe, a CSRF token.
+async fn cookie_deploy(
+    peer: &Peer,
+    cookie: &str,
+    csrf: Option<&str>,
+    body: &Value,
+) -> Result<reqwest::Response> {
+    let mut req = no_redirects()
+        .post(format!("{}/api/deployments", peer.http))
+        .header("cookie", cookie)
+        .json(body);
+    if let Some(csrf) = csrf {
+        req = req.header("x-csrf-token", csrf);
+    }
+    Ok(req.send().await?)
+}
+
 fn args(gh: &FakeGitHub, extra: &[&str]) -> Vec<String> {
     let mut v = gh.flags();
     v.extend(extra.iter().map(|s| (*s).to_owned()));
@@ -186,28 +203,11 @@ async fn device_sign_in_works_through_any_peer_and_sign_out_is_mesh_wide() -> Re
     // Cookie writes need the CSRF token; bearer sessions do not.
     let site = Repo::new(&[("index.html", b"<h1>signed in</h1>")])?;
     let body = json!({"repo_url": site.path(), "name": "signed"});
-    let res = no_redirects()
-        .post(format!("{}/api/deployments", a.http))
-        .header("cookie", &user.cookie)
-        .json(&body)
-        .send()
-        .await?;
+    let res = cookie_deploy(a, &user.cookie, None, &body).await?;
     assert_eq!(res.status(), 403, "no CSRF token");
-    let res = no_redirects()
-        .post(format!("{}/api/deployments", a.http))
-        .header("cookie", &user.cookie)
-        .header("x-csrf-token", "0000")
-        .json(&body)
-        .send()
-        .await?;
+    let res = cookie_deploy(a, &user.cookie, Some("0000"), &body).await?;
     assert_eq!(res.status(), 403, "wrong CSRF token");
-    let res = no_redirects()
-        .post(format!("{}/api/deployments", a.http))
-        .header("cookie", &user.cookie)
-        .header("x-csrf-token", &csrf)
-        .json(&body)
-        .send()
-        .await?;
+    let res = cookie_deploy(a, &user.cookie, Some(&csrf), &body).await?;
     assert_eq!(res.status(), 202);
     let dep: Value = res.json().await?;
     let log = b
@@ -265,13 +265,7 @@ async fn device_sign_in_works_through_any_peer_and_sign_out_is_mesh_wide() -> Re
         },
     )
     .await?;
-    let res = no_redirects()
-        .post(format!("{}/api/deployments", a.http))
-        .header("cookie", &user.cookie)
-        .header("x-csrf-token", &csrf)
-        .json(&body)
-        .send()
-        .await?;
+    let res = cookie_deploy(a, &user.cookie, Some(&csrf), &body).await?;
     assert_eq!(res.status(), 401);
     Ok(())
 }

@@ -146,13 +146,10 @@ impl GitHub {
                 url.pop();
             }
         }
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("shoal/", env!("CARGO_PKG_VERSION")))
-            .timeout(TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| GitHubError::Unreachable(e.to_string()))?;
-        Ok(Self { config, http })
+        Ok(Self {
+            config,
+            http: http_client()?,
+        })
     }
 
     /// Whether the web flow (which needs the client secret) is available.
@@ -383,12 +380,7 @@ impl GitHubApp {
         let key = jsonwebtoken::EncodingKey::from_rsa_pem(key_pem).map_err(|e| {
             GitHubError::Refused(format!("the GitHub App key is not an RSA PEM key: {e}"))
         })?;
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("shoal/", env!("CARGO_PKG_VERSION")))
-            .timeout(TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| GitHubError::Unreachable(e.to_string()))?;
+        let http = http_client()?;
         Ok(Self {
             web_url: web_url.trim_end_matches('/').to_owned(),
             api_url: api_url.trim_end_matches('/').to_owned(),
@@ -463,6 +455,17 @@ pub fn owner_repo(url: &str, web_url: &str) -> Option<(String, String)> {
     let repo = parts.next()?;
     let repo = repo.strip_suffix(".git").unwrap_or(repo);
     (parts.next().is_none() && !repo.is_empty()).then(|| (owner.to_owned(), repo.to_owned()))
+}
+
+/// The HTTP client for GitHub: bounded in time, never following redirects
+/// (a token must not follow one to another host).
+fn http_client() -> Result<reqwest::Client, GitHubError> {
+    reqwest::Client::builder()
+        .user_agent(concat!("shoal/", env!("CARGO_PKG_VERSION")))
+        .timeout(TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| GitHubError::Unreachable(e.to_string()))
 }
 
 /// Fails with GitHub's own message on any status but 2xx.

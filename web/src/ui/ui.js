@@ -202,54 +202,35 @@ if (replicasBox) {
   }, 1000);
 }
 
-// Cancel a queued or building deployment.
-const cancelButton = document.getElementById("cancel");
-if (cancelButton) {
-  cancelButton.addEventListener("click", async () => {
-    const out = document.getElementById("cancel-result");
-    cancelButton.disabled = true;
-    const r = await write("POST", "/api/deployments/" + cancelButton.dataset.deployment + "/cancel");
-    if (r && r.res.ok) out.textContent = "Canceled.";
-    else {
-      if (r) out.textContent = problem(r);
-      cancelButton.disabled = false;
-    }
+// A button that makes one write: disabled while it runs; on success
+// `done(r)` (a message for the status next to it, or a navigation), else the
+// problem in words and the button usable again.
+function action(id, request, done) {
+  const button = document.getElementById(id);
+  if (!button) return;
+  button.addEventListener("click", async () => {
+    const out = document.getElementById(id + "-result");
+    button.disabled = true;
+    const r = await request(button.dataset);
+    if (r && r.res.ok) { const message = done(r); if (message) out.textContent = message; return; }
+    if (r) out.textContent = problem(r);
+    button.disabled = false;
   });
 }
+
+// Cancel a queued or building deployment.
+action("cancel", (d) => write("POST", "/api/deployments/" + d.deployment + "/cancel"), () => "Canceled.");
 
 // Build the branch's latest commit again.
-const redeploy = document.getElementById("redeploy");
-if (redeploy) {
-  redeploy.addEventListener("click", async () => {
-    const out = document.getElementById("redeploy-result");
-    redeploy.disabled = true;
-    const { repo, name, ref } = redeploy.dataset;
-    const body = { repo_url: repo, name };
-    if (ref) body.ref = ref;
-    const r = await write("POST", "/api/deployments", body);
-    if (r && r.res.status === 202) location.href = "/deployments/" + r.json.id;
-    else {
-      if (r) out.textContent = problem(r);
-      redeploy.disabled = false;
-    }
-  });
-}
+action("redeploy", (d) => {
+  const body = { repo_url: d.repo, name: d.name };
+  if (d.ref) body.ref = d.ref;
+  return write("POST", "/api/deployments", body);
+}, (r) => { location.href = "/deployments/" + r.json.id; });
 
 // Roll back to, or promote, a successful version.
-const makeLive = document.getElementById("make-live");
-if (makeLive) {
-  makeLive.addEventListener("click", async () => {
-    const out = document.getElementById("make-live-result");
-    makeLive.disabled = true;
-    const { project, deployment, verb } = makeLive.dataset;
-    const r = await write("POST", "/api/projects/" + project + "/" + verb, { deployment_id: deployment });
-    if (r && r.res.ok) out.textContent = "Every peer switches to this version now.";
-    else {
-      if (r) out.textContent = problem(r);
-      makeLive.disabled = false;
-    }
-  });
-}
+action("make-live", (d) => write("POST", "/api/projects/" + d.project + "/" + d.verb, { deployment_id: d.deployment }),
+  () => "Every peer switches to this version now.");
 
 // A project's auto-deploy settings.
 const settings = document.getElementById("settings");
