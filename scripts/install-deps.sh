@@ -2,7 +2,8 @@
 # Installs what shoal needs on Debian/Ubuntu when it is missing.
 #   runtime: git and bubblewrap (the build sandbox), curl
 #   test:    the runtime set plus what the build needs (pkg-config, libssl-dev)
-#            and the browser tests' Chromium and ChromeDriver
+#            and the browser tests' Chromium and ChromeDriver, openssl and
+#            iproute2
 set -euo pipefail
 what=${1:-runtime}
 pkgs=()
@@ -14,6 +15,7 @@ if [ "$what" = test ]; then
   [ -e /usr/include/openssl/ssl.h ] || pkgs+=(libssl-dev)
   command -v npm > /dev/null || pkgs+=(nodejs npm)   # the npm build test
   command -v openssl > /dev/null || pkgs+=(openssl)    # the fake GitHub App's key
+  command -v ip > /dev/null || pkgs+=(iproute2)        # the Kubernetes emulation's namespaces
   command -v chromium > /dev/null || pkgs+=(chromium)  # the browser tests
   command -v chromedriver > /dev/null || pkgs+=(chromium-driver)
 fi

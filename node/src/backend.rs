@@ -626,8 +626,24 @@ impl web::Backend for NodeBackend {
         self.state.revoke(id, expires).map_err(internal)
     }
 
-    fn ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed) && *self.synced.borrow()
+    fn ready(&self) -> Result<(), String> {
+        if !self.ready.load(Ordering::Relaxed) {
+            return Err("starting up or shutting down".into());
+        }
+        if !*self.synced.borrow() {
+            return Err("catching up with the mesh".into());
+        }
+        // Never take traffic without every live site: a version of each
+        // (an older one while a new one spreads is fine).
+        let rows = self.state.deployments().map_err(|e| e.to_string())?;
+        for project in self.state.projects().map_err(|e| e.to_string())? {
+            if crate::distribute::live_target(&project, &rows).is_some()
+                && self.sites.current(&project.name).is_none()
+            {
+                return Err(format!("site {} is not here yet", project.name));
+            }
+        }
+        Ok(())
     }
 
     fn site_domain(&self) -> &str {

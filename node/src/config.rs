@@ -184,6 +184,11 @@ pub struct NodeConfig {
     /// public domain (for the web sign-in's callback and `Secure` cookies).
     #[arg(long, env = "SHOAL_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// On SIGTERM: how long the peer keeps serving (not ready, builds
+    /// handed over) before it stops, so that a Service stops sending users
+    /// to it first. Keep it below the pod's termination grace period.
+    #[arg(long, env = "SHOAL_SHUTDOWN_GRACE", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
     /// Upload rate limit for artifact blocks, in KiB/s (0: none).
     #[arg(long, env = "SHOAL_UPLOAD_LIMIT_KIB", default_value_t = 0)]
     pub upload_limit_kib: u64,

@@ -60,19 +60,25 @@ pub fn load(active_builds: usize, load_avg: f64, cpus: usize, disk_full: bool) -
     (raw * 100.0).round() / 100.0
 }
 
-/// Keeps `info.load` and `info.free_slots` current until shutdown.
+/// Keeps `info.load` and `info.free_slots` current until shutdown; from
+/// `draining` on, no free slots (the peer is leaving: elect others).
 pub async fn report(
     info: watch::Sender<LocalInfo>,
     active: Arc<AtomicUsize>,
     max_builds: usize,
     data: PathBuf,
+    mut draining: watch::Receiver<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     loop {
         let running = active.load(Ordering::Relaxed);
         let value = load(running, load_average(), cpus, disk_nearly_full(&data));
-        let free = u8::try_from(max_builds.saturating_sub(running)).unwrap_or(u8::MAX);
+        let free = if *draining.borrow() {
+            0
+        } else {
+            u8::try_from(max_builds.saturating_sub(running)).unwrap_or(u8::MAX)
+        };
         info.send_if_modified(|i| {
             let changed = (i.load - value).abs() > f64::EPSILON || i.free_slots != free;
             i.load = value;
@@ -81,6 +87,7 @@ pub async fn report(
         });
         tokio::select! {
             _ = shutdown.wait_for(|s| *s) => break,
+            _ = draining.wait_for(|d| *d), if !*draining.borrow() => {}
             _ = tokio::time::sleep(REFRESH) => {}
         }
     }

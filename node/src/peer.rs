@@ -113,6 +113,8 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         .with_context(|| format!("binding the sites port {sites_addr}"))?;
     let (ui_addr, sites_addr) = (ui_listener.local_addr()?, sites_listener.local_addr()?);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // Draining comes first: no new builds, builds in progress handed back.
+    let (drain_tx, drain_rx) = watch::channel(false);
     let (info_tx, info_rx) = watch::channel(LocalInfo {
         name: name.clone(),
         region: cfg.region.clone(),
@@ -256,12 +258,14 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         )
         .run(shutdown_rx.clone()),
     );
-    tasks.spawn(Worker::new(shared, cfg.max_builds, wake_rx, synced).run(shutdown_rx.clone()));
+    let worker =
+        tokio::spawn(Worker::new(shared, cfg.max_builds, wake_rx, synced).run(drain_rx.clone()));
     tasks.spawn(crate::load::report(
         info_tx,
         active_builds,
         cfg.max_builds,
         data.clone(),
+        drain_rx,
         shutdown_rx.clone(),
     ));
     for (listener, app) in [(ui_listener, ui), (sites_listener, sites_app)] {
@@ -279,8 +283,17 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     info!(peer = %peer_id, name = %name, ui = %format!("http://{ui_addr}/"), sites = %sites_addr, domain = %backend.site_domain, "shoal peer ready");
 
     wait_for_signal().await;
-    info!("shutting down");
+    // Not ready from now on (a Service stops sending users here), builds
+    // go to other peers at once, and sites keep being served for the grace
+    // period while the Service notices.
+    info!(grace = ?cfg.shutdown_grace, "draining: no new builds, handing over builds in progress");
     backend.ready.store(false, Ordering::Relaxed);
+    let drained = tokio::time::Instant::now();
+    let _ = drain_tx.send(true);
+    let _ = worker.await;
+    let _ = state.flush().await;
+    tokio::time::sleep_until(drained + cfg.shutdown_grace).await;
+    info!("shutting down");
     let _ = std::fs::remove_file(data.join("endpoints.json"));
     let _ = shutdown_tx.send(true);
     while tasks.join_next().await.is_some() {}
@@ -369,17 +382,16 @@ fn web_auth(cfg: &NodeConfig, admin_token: String, psk: Option<&str>) -> anyhow:
 
 /// The GitHub App private repositories are cloned as, if configured.
 fn github_app(cfg: &NodeConfig) -> anyhow::Result<Option<Arc<web::github::GitHubApp>>> {
-    let (Some(id), Some(key_file)) = (
-        cfg.github_app_id
-            .as_deref()
-            .map(str::trim)
-            .filter(|i| !i.is_empty()),
-        &cfg.github_app_key_file,
-    ) else {
-        if cfg.github_app_id.is_some() {
-            anyhow::bail!("--github-app-id needs --github-app-key-file");
-        }
+    let Some(id) = cfg
+        .github_app_id
+        .as_deref()
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+    else {
         return Ok(None);
+    };
+    let Some(key_file) = &cfg.github_app_key_file else {
+        anyhow::bail!("--github-app-id needs --github-app-key-file");
     };
     let pem = std::fs::read(key_file)
         .with_context(|| format!("reading the GitHub App key {}", key_file.display()))?;

@@ -36,6 +36,10 @@ const SETTLE: Duration = Duration::from_millis(250);
 const SUCCESSOR_STAGGER: Duration = Duration::from_secs(2);
 
 /// Everything a build task needs, shared.
+/// How long a draining peer waits, after saying it has no free build slots,
+/// before giving its builds back.
+const HANDOVER_NOTICE: Duration = Duration::from_millis(300);
+
 pub struct Shared {
     pub state: Arc<State>,
     pub settings: BuildSettings,
@@ -209,10 +213,47 @@ impl Worker {
                 warn!(error = %err, "could not read deployments");
             }
         }
+        self.hand_back().await;
+    }
+
+    /// The peer is leaving: stops its builds and gives each back to the
+    /// mesh at once (queued again, a new epoch), so that another peer
+    /// claims it now instead of after the lease expires. Waits a moment
+    /// first, so that the heartbeat saying this peer has no free build
+    /// slots reaches the others before they elect a builder.
+    async fn hand_back(&mut self) {
+        if self.active.is_empty() {
+            return;
+        }
+        tokio::time::sleep(HANDOVER_NOTICE).await;
         for a in self.active.values() {
             let _ = a.cancel.send(true);
         }
         while self.tasks.join_next().await.is_some() {}
+        let state = &self.shared.state;
+        for (id, a) in &self.active {
+            let mut handed = false;
+            let _ = fenced(state, id, a.epoch, |r| {
+                if r.status == Status::Building {
+                    r.status = Status::Queued;
+                    r.builder = None;
+                    r.epoch = a.epoch + 1;
+                    r.lease_until_ms = 0;
+                    handed = true;
+                }
+            });
+            if handed {
+                info!(deployment = %id, "shutting down; build handed back to the mesh");
+                Logger::new(state.clone(), id, "queue").line(
+                    Level::Warn,
+                    &format!(
+                        "peer {} is shutting down: the build goes back to the mesh for another peer",
+                        state.peer
+                    ),
+                );
+            }
+        }
+        let _ = state.flush().await;
     }
 
     fn renew_leases(&self) {

@@ -271,7 +271,7 @@ fn jitter(base: Duration) -> Duration {
 async fn heartbeat(
     client: Client,
     members: Arc<Members>,
-    info: watch::Receiver<LocalInfo>,
+    mut info: watch::Receiver<LocalInfo>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut control = client.streams();
@@ -284,7 +284,7 @@ async fn heartbeat(
             .iter()
             .map(ToString::to_string)
             .collect();
-        let local = info.borrow().clone();
+        let local = info.borrow_and_update().clone();
         match members.beat(&local, addresses, interval) {
             Ok(beat) => {
                 if let (Ok(frame), Ok(peers)) = (beats::frame(&beat), client.peers().await) {
@@ -303,9 +303,24 @@ async fn heartbeat(
             }
             Err(err) => warn!(error = %err, "could not record this peer in the servers table"),
         }
+        // A change of free build slots (a peer that starts draining has
+        // none) beats at once, so that elections stop picking this peer.
         tokio::select! {
             _ = shutdown.wait_for(|s| *s) => break,
             _ = tokio::time::sleep(interval) => {}
+            _ = slots_change(&mut info, local.free_slots) => {}
+        }
+    }
+}
+
+/// Resolves when the free build slots differ from `sent`.
+async fn slots_change(info: &mut watch::Receiver<LocalInfo>, sent: u8) {
+    loop {
+        if info.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        if info.borrow().free_slots != sent {
+            return;
         }
     }
 }

@@ -127,8 +127,13 @@ impl FakeGitHub {
     /// Starts the fake with users (login → organisations); the first user
     /// is the one signed in to "GitHub" in the browser.
     pub async fn start(users: &[(&str, &[&str])]) -> Result<Self> {
+        Self::start_at("127.0.0.1:0", users).await
+    }
+
+    /// Like [`FakeGitHub::start`], listening on `addr`.
+    pub async fn start_at(addr: &str, users: &[(&str, &[&str])]) -> Result<Self> {
         let root = tempfile::tempdir()?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let url = format!("http://{}", listener.local_addr()?);
         let mut inner = Inner {
             browser_user: users.first().map(|u| u.0.to_owned()).unwrap_or_default(),

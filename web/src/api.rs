@@ -56,10 +56,13 @@ async fn openapi() -> impl IntoResponse {
 }
 
 async fn ready<B: Backend>(State(s): State<AppState<B>>) -> Response {
-    if s.backend.ready() {
-        "ready\n".into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    match s.backend.ready() {
+        Ok(()) => "ready\n".into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response(),
     }
 }
 

@@ -71,8 +71,9 @@ pub trait Backend: Send + Sync + 'static {
     /// Signs a session out on every peer; `expires` (unix seconds) is when
     /// the record may be forgotten.
     fn revoke_session(&self, id: &str, expires: u64) -> Result<(), ApiError>;
-    /// Whether the peer is ready to take traffic.
-    fn ready(&self) -> bool;
+    /// Whether the peer is ready to take traffic: started, caught up with
+    /// the mesh, serving every live site; else why not.
+    fn ready(&self) -> Result<(), String>;
     /// The domain that sites are served under (`<name>.<site_domain>`).
     fn site_domain(&self) -> &str;
     /// Prometheus text lines for the node's own figures.
