@@ -211,16 +211,17 @@ impl Peer {
                 self.args[i + 1] = port;
             }
         }
+        // Started and caught up with the mesh: ready, or only still
+        // fetching sites (tests watch that part themselves).
         let ready = format!("{}/readyz", self.http);
         let client = self.client.clone();
         wait_until("readyz", Duration::from_secs(20), || {
             let (c, u) = (client.clone(), ready.clone());
             async move {
-                c.get(u)
-                    .send()
-                    .await
-                    .ok()
-                    .filter(|r| r.status().is_success())
+                let res = c.get(u).send().await.ok()?;
+                let ok = res.status().is_success();
+                let body = res.text().await.unwrap_or_default();
+                (ok || body.contains("is not here yet")).then_some(())
             }
         })
         .await

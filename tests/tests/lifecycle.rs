@@ -112,8 +112,27 @@ async fn a_peer_is_ready_only_once_it_serves_every_live_site() -> Result<()> {
     }
     let bootstrap = first.p2p[0].clone();
     let started = Instant::now();
-    // The harness returns once /readyz says ready: by then every site must be here.
     let joiner = Peer::start(&["--bootstrap", &bootstrap]).await?;
+    // Caught up, but not ready while a site is missing; ready once it has
+    // them all, and from then on it serves them.
+    let mut saw_missing = false;
+    let readyz = format!("{}/readyz", joiner.http);
+    loop {
+        let res = joiner.client().get(&readyz).send().await?;
+        let status = res.status();
+        let body = res.text().await?;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(body.contains("is not here yet"), "{body}");
+        saw_missing = true;
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "never ready: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let waited = started.elapsed();
     for (name, big) in &names {
         assert_eq!(
@@ -122,12 +141,7 @@ async fn a_peer_is_ready_only_once_it_serves_every_live_site() -> Result<()> {
             "ready before serving {name}"
         );
     }
-    let ready = joiner
-        .client()
-        .get(format!("{}/readyz", joiner.http))
-        .send()
-        .await?;
-    assert_eq!(ready.status(), 200);
+    assert!(saw_missing, "the joiner was not ready while it fetched");
     // 3 MB at 512 KiB/s: readiness waited for the fetch.
     assert!(waited > Duration::from_secs(3), "ready after {waited:?}");
     Ok(())
