@@ -70,33 +70,40 @@ impl Shared {
         name: &str,
         repo_url: &str,
     ) -> (Option<crate::build::clone::Credential>, Option<String>) {
-        let origin = crate::build::clone::origin(repo_url);
-        if let (Some(app), Some(origin)) = (&self.github_app, &origin) {
-            if let Some((owner, repo)) = web::github::owner_repo(repo_url, &app.web_url) {
-                match app.repo_token(&owner, &repo).await {
-                    Ok(Some(token)) => {
-                        let cred = crate::build::clone::Credential {
-                            origin: origin.clone(),
-                            token,
-                        };
-                        let note = "cloning with a read-only token of the GitHub App".to_owned();
-                        return (Some(cred), Some(note));
-                    }
-                    Ok(None) => {}
-                    Err(err) => {
-                        let note = format!("no GitHub App token ({err}); trying the deployer's");
-                        return match self.repo_credential(name, repo_url) {
-                            Ok(c) => (c, Some(note)),
-                            Err(why) => (None, Some(format!("{note}; {why}"))),
-                        };
-                    }
-                }
+        let mut notes = Vec::new();
+        match self.app_credential(repo_url).await {
+            Ok(Some(cred)) => {
+                let note = "cloning with a read-only token of the GitHub App".to_owned();
+                return (Some(cred), Some(note));
             }
+            Ok(None) => {}
+            Err(err) => notes.push(format!(
+                "no GitHub App token ({err}); trying the deployer's"
+            )),
         }
-        match self.repo_credential(name, repo_url) {
-            Ok(c) => (c, None),
-            Err(why) => (None, Some(why)),
-        }
+        let cred = self.repo_credential(name, repo_url).unwrap_or_else(|why| {
+            notes.push(why);
+            None
+        });
+        (cred, (!notes.is_empty()).then(|| notes.join("; ")))
+    }
+
+    /// A fresh installation token of the GitHub App for `repo_url`, if the
+    /// app is configured and installed there.
+    async fn app_credential(
+        &self,
+        repo_url: &str,
+    ) -> Result<Option<crate::build::clone::Credential>, web::github::GitHubError> {
+        let (Some(app), Some(origin)) = (&self.github_app, web::github::origin(repo_url)) else {
+            return Ok(None);
+        };
+        let Some((owner, repo)) = web::github::owner_repo(repo_url, &app.web_url) else {
+            return Ok(None);
+        };
+        Ok(app
+            .repo_token(&owner, &repo)
+            .await?
+            .map(|token| crate::build::clone::Credential { origin, token }))
     }
 
     /// The token sealed into project `name` for its repository, if any; an
@@ -115,7 +122,7 @@ impl Shared {
         else {
             return Ok(None);
         };
-        let Some(origin) = crate::build::clone::origin(repo_url) else {
+        let Some(origin) = web::github::origin(repo_url) else {
             return Ok(None);
         };
         self.keys

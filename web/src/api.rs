@@ -129,11 +129,7 @@ async fn create<B: Backend>(
 
 /// Whether `url` is on the same host (and scheme) as `base`.
 fn same_host(url: &str, base: &str) -> bool {
-    fn origin(u: &str) -> Option<(&str, String)> {
-        let (scheme, rest) = u.split_once("://")?;
-        let host = rest.split(['/', '?', '#']).next()?;
-        Some((scheme, host.to_ascii_lowercase()))
-    }
+    use crate::github::origin;
     matches!((origin(url), origin(base)), (Some(a), Some(b)) if a == b)
 }
 

@@ -94,6 +94,13 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// GitHub (or the way to it) failed: a bad gateway, in GitHub's words.
+impl From<crate::github::GitHubError> for ApiError {
+    fn from(err: crate::github::GitHubError) -> Self {
+        Self::bad_gateway(err.to_string())
+    }
+}
+
 /// Turns axum's own rejections (bad JSON, wrong content type, too large) into our shape.
 impl From<axum::extract::rejection::JsonRejection> for ApiError {
     fn from(r: axum::extract::rejection::JsonRejection) -> Self {

@@ -445,6 +445,20 @@ impl GitHubApp {
     }
 }
 
+/// `scheme://host[:port]` of a URL, lowercased; `None` without a host or
+/// with credentials in it.
+pub fn origin(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let host = rest.split(['/', '?', '#']).next()?;
+    (!host.is_empty() && !host.contains('@')).then(|| {
+        format!(
+            "{}://{}",
+            scheme.to_ascii_lowercase(),
+            host.to_ascii_lowercase()
+        )
+    })
+}
+
 /// `(owner, repo)` of a clone URL on `web_url`'s host.
 pub fn owner_repo(url: &str, web_url: &str) -> Option<(String, String)> {
     let rest = url

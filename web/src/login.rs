@@ -63,10 +63,7 @@ struct Pending {
 
 async fn device_start<B: Backend>(State(s): State<AppState<B>>) -> Result<Response, ApiError> {
     let gh = github(&s)?;
-    let code = gh
-        .device_code()
-        .await
-        .map_err(|e| ApiError::bad_gateway(e.to_string()))?;
+    let code = gh.device_code().await?;
     let now = now_secs();
     let pending = Pending {
         device_code: code.device_code,
@@ -118,11 +115,7 @@ async fn device_poll<B: Backend>(
     if now < pending.next_poll {
         return Ok(wait(&pending));
     }
-    match gh
-        .poll_device(&pending.device_code)
-        .await
-        .map_err(|e| ApiError::bad_gateway(e.to_string()))?
-    {
+    match gh.poll_device(&pending.device_code).await? {
         DevicePoll::Pending => {
             pending.next_poll = now + pending.interval;
             Ok(wait(&pending))
@@ -135,16 +128,14 @@ async fn device_poll<B: Backend>(
         DevicePoll::Expired => Err(expired()),
         DevicePoll::Denied => Err(ApiError::forbidden("the sign-in was denied on GitHub")),
         DevicePoll::Token(token) => {
-            let session = start_session(&s, gh, token).await?;
-            let sealed = auth.keys.seal_json(Purpose::Session, &session);
-            let cookie = auth.cookie(SESSION_COOKIE, &sealed, auth.session_ttl_secs);
+            let started = start_session(&s, gh, token).await?;
             Ok((
-                [(header::SET_COOKIE, cookie)],
+                [(header::SET_COOKIE, started.cookie)],
                 Json(json!({
                     "state": "done",
-                    "login": session.login,
+                    "login": started.login,
                     "expires_in": auth.session_ttl_secs,
-                    "session": sealed,
+                    "session": started.sealed,
                 })),
             )
                 .into_response())
@@ -160,23 +151,25 @@ fn expired() -> ApiError {
     }
 }
 
+/// A session just opened: whose, sealed, and as a `Set-Cookie` value.
+struct Started {
+    login: String,
+    sealed: String,
+    cookie: String,
+}
+
 /// Checks the user behind a fresh token and opens a session for them.
 async fn start_session<B: Backend>(
     s: &AppState<B>,
     gh: &GitHub,
     token: String,
-) -> Result<Session, ApiError> {
+) -> Result<Started, ApiError> {
     let auth = s.backend.auth();
-    let user = gh
-        .user(&token)
-        .await
-        .map_err(|e| ApiError::bad_gateway(e.to_string()))?;
+    let user = gh.user(&token).await?;
     let orgs = if auth.allowed_orgs.is_empty() {
         Vec::new()
     } else {
-        gh.orgs(&token)
-            .await
-            .map_err(|e| ApiError::bad_gateway(e.to_string()))?
+        gh.orgs(&token).await?
     };
     if !auth.allowed(&user.login, &orgs) {
         warn!(login = %user.login, "GitHub user not allowed to sign in");
@@ -186,7 +179,13 @@ async fn start_session<B: Backend>(
         )));
     }
     info!(login = %user.login, "signed in with GitHub");
-    Ok(Session::new(user.login, token, auth.session_ttl_secs))
+    let session = Session::new(user.login, token, auth.session_ttl_secs);
+    let sealed = auth.keys.seal_json(Purpose::Session, &session);
+    Ok(Started {
+        cookie: auth.cookie(SESSION_COOKIE, &sealed, auth.session_ttl_secs),
+        login: session.login,
+        sealed,
+    })
 }
 
 /// Where GitHub sends the browser back to.
@@ -276,18 +275,11 @@ async fn web_callback<B: Backend>(
     let code = q
         .code
         .ok_or_else(|| ApiError::bad_request("invalid_callback", "GitHub sent no code"))?;
-    let token = gh
-        .exchange_code(&code, &redirect_uri(&s, &headers))
-        .await
-        .map_err(|e| ApiError::bad_gateway(e.to_string()))?;
-    let session = start_session(&s, gh, token).await?;
-    let sealed = auth.keys.seal_json(Purpose::Session, &session);
+    let token = gh.exchange_code(&code, &redirect_uri(&s, &headers)).await?;
+    let started = start_session(&s, gh, token).await?;
     let mut res = Redirect::to("/").into_response();
     let h = res.headers_mut();
-    for cookie in [
-        auth.cookie(SESSION_COOKIE, &sealed, auth.session_ttl_secs),
-        auth.cookie(STATE_COOKIE, "", 0),
-    ] {
+    for cookie in [started.cookie, auth.cookie(STATE_COOKIE, "", 0)] {
         if let Ok(v) = cookie.parse() {
             h.append(header::SET_COOKIE, v);
         }
@@ -377,11 +369,7 @@ async fn repos<B: Backend>(
     let listing = match cached {
         Some(listing) => listing,
         None => {
-            let fetched = std::sync::Arc::new(
-                gh.repos(&session.token)
-                    .await
-                    .map_err(|e| ApiError::bad_gateway(e.to_string()))?,
-            );
+            let fetched = std::sync::Arc::new(gh.repos(&session.token).await?);
             if let Ok(mut c) = s.repos.lock() {
                 c.retain(|_, (at, _)| at.elapsed() < REPO_CACHE);
                 c.insert(session.id.clone(), (Instant::now(), fetched.clone()));

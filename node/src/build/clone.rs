@@ -8,6 +8,7 @@ use git2::{build::CheckoutBuilder, FetchOptions, Oid, RemoteCallbacks, Repositor
 use std::path::{Component, Path};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
+use web::github::origin;
 
 /// How much a clone may take, and the token it may present.
 #[derive(Debug, Clone)]
@@ -36,19 +37,6 @@ impl std::fmt::Debug for Credential {
             .field("origin", &self.origin)
             .finish_non_exhaustive()
     }
-}
-
-/// `scheme://host[:port]` of a URL, lowercased.
-pub fn origin(url: &str) -> Option<String> {
-    let (scheme, rest) = url.split_once("://")?;
-    let host = rest.split(['/', '?', '#']).next()?;
-    (!host.is_empty() && !host.contains('@')).then(|| {
-        format!(
-            "{}://{}",
-            scheme.to_ascii_lowercase(),
-            host.to_ascii_lowercase()
-        )
-    })
 }
 
 /// Deepest submodule nesting followed.
