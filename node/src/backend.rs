@@ -133,7 +133,7 @@ impl NodeBackend {
     /// A project's webhook secret in the clear (sealed ones; older rows
     /// kept it plain).
     fn open_secret(&self, stored: &str) -> Option<String> {
-        if stored.starts_with("s1.") {
+        if web::session::is_sealed(stored) {
             let plain = self.auth.keys.open(Purpose::WebhookSecret, stored);
             if plain.is_none() {
                 warn!("a project's webhook secret was sealed with another mesh secret");

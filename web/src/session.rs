@@ -19,6 +19,12 @@ const NONCE: usize = 24;
 /// Prefix of every sealed value, so the format can change later.
 const VERSION: &str = "s1.";
 
+/// Whether `value` has the form of a sealed value (rather than, say, a
+/// plain one stored by an older version).
+pub fn is_sealed(value: &str) -> bool {
+    value.starts_with(VERSION)
+}
+
 /// What a sealed value is for; bound into the ciphertext.
 #[derive(Clone, Copy, Debug)]
 pub enum Purpose {
