@@ -11,6 +11,7 @@
 //! mesh flips together. Garbage collection keeps the last few successful
 //! deployments of each site (for rollback) and whatever is in flight.
 
+use crate::assemble::Assembler;
 use crate::build::Logger;
 use crate::model::{DeploymentFile, DeploymentRecord, Project, ReplicaState};
 use crate::site::UnpackLimits;
@@ -584,6 +585,29 @@ fn rank_sources(view: &[PeerView], replicas: &[DeploymentFile], region: &str) ->
     ranked.into_iter().map(|(_, _, _, id)| id).collect()
 }
 
+/// An assembler to unpack `rec`'s artifact while it is fetched, once its
+/// manifest is here (`None` if the manifest cannot be had: the fetch then
+/// reports why).
+async fn assembler(
+    shared: &Shared,
+    ex: &Arc<Exchange>,
+    client: &p2p::net::Client,
+    candidates: &Candidates,
+    rec: &DeploymentRecord,
+    id: Hash,
+    limits: UnpackLimits,
+) -> Option<Arc<Assembler>> {
+    let manifest = ex.manifest(id, candidates, client).await.ok()?;
+    let (store, dest) = (
+        ex.store.clone(),
+        shared.sites.staging_dir(&rec.name, &rec.id),
+    );
+    let _ = tokio::fs::remove_dir_all(&dest).await;
+    tokio::task::spawn_blocking(move || Arc::new(Assembler::new(store, manifest, dest, limits)))
+        .await
+        .ok()
+}
+
 /// Fetches, unpacks and reports one deployment's artifact on this peer.
 async fn replicate(
     shared: Arc<Shared>,
@@ -639,16 +663,39 @@ async fn replicate(
             }
         })
     };
+    let limits = UnpackLimits::with_total(shared.settings.max_site_bytes);
     let mut attempt = 0;
     let (manifest, unpacked) = loop {
         attempt += 1;
+        // Unpack while fetching (a first attempt at a version not here yet).
+        let assembler = if attempt == 1
+            && !complete_here
+            && !shared.sites.version_dir(&rec.name, &rec.id).is_dir()
+        {
+            assembler(&shared, &ex, &client, &candidates, &rec, id, limits).await
+        } else {
+            None
+        };
+        let sink = assembler
+            .clone()
+            .map(|a| a as Arc<dyn p2p::exchange::BlockSink>);
         let fetched = ex
-            .fetch(id, candidates.clone(), client.clone(), progress.clone())
+            .fetch(
+                id,
+                candidates.clone(),
+                client.clone(),
+                progress.clone(),
+                sink,
+            )
             .await;
         let manifest = match fetched {
             Ok(m) => m,
             Err(err) => {
                 reporter.abort();
+                if let Some(a) = assembler {
+                    // Nothing half-written stays behind.
+                    let _ = tokio::task::spawn_blocking(move || a.abandon()).await;
+                }
                 let reason = format!("could not fetch the artifact: {err}");
                 log.line(Level::Error, &format!("peer {}: {reason}", state.peer));
                 let _ = state.put_replica(replica_row(
@@ -668,10 +715,10 @@ async fn replicate(
             rec.name.clone(),
             rec.id.clone(),
         );
-        let limits = UnpackLimits::with_total(shared.settings.max_site_bytes);
         let m = manifest.clone();
         let unpacked = tokio::task::spawn_blocking(move || {
-            sites.install(&name, &dep, store.reader(&m), limits)
+            let placed = assembler.and_then(|a| a.finish());
+            sites.install(&name, &dep, store.reader(&m), limits, placed)
         })
         .await
         .map_err(|e| e.to_string())

@@ -5,6 +5,7 @@
 //! Layout: `sites/<name>/versions/<deployment id>/…` and
 //! `sites/<name>/current → versions/<deployment id>`.
 
+use crate::assemble::Done;
 use std::io::{self, Read, Seek};
 use std::path::{Component, Path, PathBuf};
 
@@ -48,7 +49,7 @@ pub enum UnpackError {
 }
 
 /// A relative path made only of normal components, no dotfile tricks.
-fn safe_relative(name: &str) -> Option<PathBuf> {
+pub(crate) fn safe_relative(name: &str) -> Option<PathBuf> {
     if name.contains('\\') || name.contains('\0') || name.starts_with('/') {
         return None;
     }
@@ -63,14 +64,16 @@ fn safe_relative(name: &str) -> Option<PathBuf> {
     (!out.as_os_str().is_empty()).then_some(out)
 }
 
-/// Unpacks the zip read from `zip` into `dest` (created; must not exist).
-/// On any error the partial directory is removed.
+/// Unpacks the zip read from `zip` into `dest`, where the entries in `done`
+/// were already written in full (by an [`crate::assemble::Assembler`]:
+/// those only count). On any error the partial directory is removed.
 pub fn unpack<R: Read + Seek>(
     zip: R,
     dest: &Path,
     limits: UnpackLimits,
+    done: &Done,
 ) -> Result<(usize, u64), UnpackError> {
-    let result = unpack_inner(zip, dest, limits);
+    let result = unpack_inner(zip, dest, limits, done);
     if result.is_err() {
         let _ = std::fs::remove_dir_all(dest);
     }
@@ -81,6 +84,7 @@ fn unpack_inner<R: Read + Seek>(
     zip: R,
     dest: &Path,
     limits: UnpackLimits,
+    done: &Done,
 ) -> Result<(usize, u64), UnpackError> {
     let mut archive = zip::ZipArchive::new(zip)?;
     if archive.len() > limits.max_entries {
@@ -90,6 +94,14 @@ fn unpack_inner<R: Read + Seek>(
     let mut total = 0u64;
     let mut files = 0usize;
     for i in 0..archive.len() {
+        if let Some(len) = done.entries.get(&i) {
+            total += len;
+            if total > limits.max_total_bytes {
+                return Err(UnpackError::TooLarge(limits.max_total_bytes));
+            }
+            files += 1;
+            continue;
+        }
         let mut entry = archive.by_index(i)?;
         let name = entry.name().to_owned();
         let rel = safe_relative(&name).ok_or_else(|| UnpackError::Slip(name.clone()))?;
@@ -161,22 +173,33 @@ impl Sites {
         Some(self.version_dir(name, &id))
     }
 
+    /// Where version `deployment` of `name` is unpacked before it is
+    /// renamed into place.
+    pub fn staging_dir(&self, name: &str, deployment: &str) -> PathBuf {
+        self.version_dir(name, deployment)
+            .with_extension(format!("unpacking-{}", std::process::id()))
+    }
+
     /// Unpacks an artifact as version `deployment` of `name` (unless it is
-    /// already there).
+    /// already there). `placed`: what an assembler already wrote into the
+    /// staging dir while fetching (`None`: start afresh).
     pub fn install<R: Read + Seek>(
         &self,
         name: &str,
         deployment: &str,
         zip: R,
         limits: UnpackLimits,
+        placed: Option<Done>,
     ) -> Result<(usize, u64), UnpackError> {
         let dir = self.version_dir(name, deployment);
         if dir.is_dir() {
             return Ok((0, 0));
         }
-        let tmp = dir.with_extension(format!("unpacking-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
-        let stats = unpack(zip, &tmp, limits)?;
+        let tmp = self.staging_dir(name, deployment);
+        if placed.is_none() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        let stats = unpack(zip, &tmp, limits, &placed.unwrap_or_default())?;
         std::fs::rename(&tmp, &dir)?;
         Ok(stats)
     }
@@ -273,7 +296,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("v");
         assert_eq!(
-            unpack(File::open(z.path()).unwrap(), &dest, LIMITS).unwrap(),
+            unpack(
+                File::open(z.path()).unwrap(),
+                &dest,
+                LIMITS,
+                &Done::default()
+            )
+            .unwrap(),
             (2, 3)
         );
         assert_eq!(std::fs::read(dest.join("a/b.css")).unwrap(), b"x");
@@ -287,7 +316,12 @@ mod tests {
             let z = zip_with(&[(name, b"x")], None);
             assert!(
                 matches!(
-                    unpack(File::open(z.path()).unwrap(), &dest, LIMITS),
+                    unpack(
+                        File::open(z.path()).unwrap(),
+                        &dest,
+                        LIMITS,
+                        &Done::default()
+                    ),
                     Err(UnpackError::Slip(_))
                 ),
                 "{name}"
@@ -296,18 +330,33 @@ mod tests {
         }
         let z = zip_with(&[("index.html", b"x")], Some("link"));
         assert!(matches!(
-            unpack(File::open(z.path()).unwrap(), &dest, LIMITS),
+            unpack(
+                File::open(z.path()).unwrap(),
+                &dest,
+                LIMITS,
+                &Done::default()
+            ),
             Err(UnpackError::NotAFile(_))
         ));
         let z = zip_with(&[("x/a", b"x"), ("x//a", b"y")], None);
         assert!(matches!(
-            unpack(File::open(z.path()).unwrap(), &dest, LIMITS),
+            unpack(
+                File::open(z.path()).unwrap(),
+                &dest,
+                LIMITS,
+                &Done::default()
+            ),
             Err(UnpackError::Duplicate(_))
         ));
         let zeros = vec![0u8; 8 << 20];
         let z = zip_with(&[("bomb", &zeros)], None);
         assert!(matches!(
-            unpack(File::open(z.path()).unwrap(), &dest, LIMITS),
+            unpack(
+                File::open(z.path()).unwrap(),
+                &dest,
+                LIMITS,
+                &Done::default()
+            ),
             Err(UnpackError::Ratio(_))
         ));
         let small = UnpackLimits {
@@ -316,7 +365,12 @@ mod tests {
             ..LIMITS
         };
         assert!(matches!(
-            unpack(File::open(z.path()).unwrap(), &dest, small),
+            unpack(
+                File::open(z.path()).unwrap(),
+                &dest,
+                small,
+                &Done::default()
+            ),
             Err(UnpackError::TooLarge(1000))
         ));
         let many = UnpackLimits {
@@ -325,7 +379,7 @@ mod tests {
         };
         let z = zip_with(&[("a", b"x"), ("b", b"y")], None);
         assert!(matches!(
-            unpack(File::open(z.path()).unwrap(), &dest, many),
+            unpack(File::open(z.path()).unwrap(), &dest, many, &Done::default()),
             Err(UnpackError::TooManyEntries(1))
         ));
     }
@@ -337,7 +391,7 @@ mod tests {
         for id in ["A", "B"] {
             let z = zip_with(&[("index.html", id.as_bytes())], None);
             sites
-                .install("blog", id, File::open(z.path()).unwrap(), LIMITS)
+                .install("blog", id, File::open(z.path()).unwrap(), LIMITS, None)
                 .unwrap();
             sites.switch("blog", id).unwrap();
             assert_eq!(sites.current("blog").as_deref(), Some(id));

@@ -18,6 +18,7 @@
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use sha2::{Digest, Sha256};
+use std::borrow::Borrow;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -380,14 +381,8 @@ impl BlockStore {
     }
 
     /// Reads the artifact back as one file, block by block, checking each.
-    pub fn reader<'a>(&'a self, manifest: &'a Manifest) -> ArtifactReader<'a> {
-        ArtifactReader {
-            store: self,
-            offsets: manifest.offsets(),
-            manifest,
-            pos: 0,
-            current: None,
-        }
+    pub fn reader<'a>(&'a self, manifest: &'a Manifest) -> ArtifactReader<&'a Self, &'a Manifest> {
+        ArtifactReader::new(self, manifest)
     }
 
     /// Checks the whole artifact: every block, and the file's sha256.
@@ -461,25 +456,48 @@ impl BlockStore {
 
 /// A manifest's blocks read as one seekable file (for unzipping without
 /// assembling the zip first). Holds one block in memory.
-pub struct ArtifactReader<'a> {
-    store: &'a BlockStore,
-    manifest: &'a Manifest,
+pub struct ArtifactReader<S, M> {
+    store: S,
+    manifest: M,
     offsets: Vec<u64>,
     pos: u64,
     current: Option<(usize, Vec<u8>)>,
 }
 
-impl Read for ArtifactReader<'_> {
+impl<S: Borrow<BlockStore>, M: Borrow<Manifest>> ArtifactReader<S, M> {
+    /// Reads `manifest`'s artifact from `store` (owned or borrowed).
+    pub fn new(store: S, manifest: M) -> Self {
+        let offsets = manifest.borrow().offsets();
+        Self {
+            store,
+            manifest,
+            offsets,
+            pos: 0,
+            current: None,
+        }
+    }
+
+    /// The block holding byte `pos` of the artifact.
+    pub fn block_at(&self, pos: u64) -> usize {
+        self.offsets
+            .partition_point(|o| *o <= pos)
+            .saturating_sub(1)
+    }
+}
+
+impl<S: Borrow<BlockStore>, M: Borrow<Manifest>> Read for ArtifactReader<S, M> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.pos >= self.manifest.size || buf.is_empty() {
+        let manifest = self.manifest.borrow();
+        if self.pos >= manifest.size || buf.is_empty() {
             return Ok(0);
         }
         // The block holding `pos`: the last offset at or before it.
-        let i = self.offsets.partition_point(|o| *o <= self.pos) - 1;
+        let i = self.block_at(self.pos);
         if self.current.as_ref().map(|(c, _)| *c) != Some(i) {
             let data = self
                 .store
-                .get(&self.manifest.hash(i))
+                .borrow()
+                .get(&manifest.hash(i))
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
             self.current = Some((i, data));
         }
@@ -494,9 +512,9 @@ impl Read for ArtifactReader<'_> {
     }
 }
 
-impl Seek for ArtifactReader<'_> {
+impl<S: Borrow<BlockStore>, M: Borrow<Manifest>> Seek for ArtifactReader<S, M> {
     fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
-        let size = self.manifest.size as i128;
+        let size = self.manifest.borrow().size as i128;
         let target = match to {
             SeekFrom::Start(n) => i128::from(n),
             SeekFrom::End(d) => size + i128::from(d),

@@ -15,7 +15,9 @@
 //! about [`WINDOW`] bytes in flight per source. When every missing block is
 //! in flight, the tail is asked of a second source too (endgame) and the
 //! slower copy cancelled. A block whose hash is wrong bans its sender for a
-//! while; a source that stalls loses its requests to the others.
+//! while; a source that stalls loses its requests to the others. A
+//! [`BlockSink`] sees every block as it lands and may name a few blocks it
+//! needs first (the tail of a zip, say).
 
 use crate::blocks::{self, BlockError, BlockStore, Hash, Manifest};
 use futures_util::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -92,6 +94,18 @@ enum Frame {
     DontHave {
         index: u32,
     },
+}
+
+/// Takes each block of a fetch as soon as it is checked and stored (to
+/// unpack while fetching, say). Called on a blocking thread, possibly from
+/// several at once, and possibly twice for one block.
+pub trait BlockSink: Send + Sync {
+    fn block(&self, index: usize, data: &[u8]);
+    /// Blocks to ask for before any other, now (asked again as blocks arrive;
+    /// keep it short).
+    fn urgent(&self) -> Vec<usize> {
+        Vec::new()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -530,8 +544,32 @@ impl Exchange {
         r.and(w)
     }
 
-    /// Fetches artifact `id` until every block is here and checked, from
+    /// The manifest of artifact `id`: the one held here, or one fetched from
     /// the `candidates` and any Kademlia providers found through `client`.
+    pub async fn manifest(
+        self: &Arc<Self>,
+        id: Hash,
+        candidates: &Candidates,
+        client: &crate::net::Client,
+    ) -> Result<Arc<Manifest>, ExchangeError> {
+        Ok(self.open(id, candidates, client).await?.manifest.clone())
+    }
+
+    async fn open(
+        self: &Arc<Self>,
+        id: Hash,
+        candidates: &Candidates,
+        client: &crate::net::Client,
+    ) -> Result<Arc<Held>, ExchangeError> {
+        match self.held(&id) {
+            Some(h) => Ok(h),
+            None => self.fetch_manifest(&id, candidates, client).await,
+        }
+    }
+
+    /// Fetches artifact `id` until every block is here and checked, from
+    /// the `candidates` and any Kademlia providers found through `client`,
+    /// handing each block to `sink` as it arrives.
     /// Runs until done or dropped; only local failures end it early.
     pub async fn fetch(
         self: &Arc<Self>,
@@ -539,11 +577,9 @@ impl Exchange {
         candidates: Candidates,
         client: crate::net::Client,
         progress: watch::Sender<Progress>,
+        sink: Option<Arc<dyn BlockSink>>,
     ) -> Result<Arc<Manifest>, ExchangeError> {
-        let held = match self.held(&id) {
-            Some(h) => h,
-            None => self.fetch_manifest(&id, &candidates, &client).await?,
-        };
+        let held = self.open(id, &candidates, &client).await?;
         let manifest = held.manifest.clone();
         // Holding the manifest, this peer serves what it has from now on:
         // say so in the DHT too.
@@ -553,7 +589,7 @@ impl Exchange {
             let _ = tokio::task::spawn_blocking(move || h.refresh(&store)).await;
         }
         if !held.complete() {
-            let mut driver = Driver::new(self.clone(), id, held.clone(), candidates.clone());
+            let mut driver = Driver::new(self.clone(), id, held.clone(), candidates.clone(), sink);
             driver.run(&client, &progress).await?;
         }
         // Every block was checked on arrival (or is checked when read for
@@ -731,10 +767,17 @@ struct Driver {
     next_token: u64,
     /// Bytes of the artifact held here.
     held_bytes: u64,
+    sink: Option<Arc<dyn BlockSink>>,
 }
 
 impl Driver {
-    fn new(ex: Arc<Exchange>, id: Hash, held: Arc<Held>, candidates: Candidates) -> Self {
+    fn new(
+        ex: Arc<Exchange>,
+        id: Hash,
+        held: Arc<Held>,
+        candidates: Candidates,
+        sink: Option<Arc<dyn BlockSink>>,
+    ) -> Self {
         let n = held.manifest.len();
         Self {
             ex,
@@ -749,6 +792,7 @@ impl Driver {
             providers: Providers::new(Duration::from_secs(10)),
             next_token: 0,
             held_bytes: 0,
+            sink,
         }
     }
 
@@ -832,15 +876,13 @@ impl Driver {
             self.next_token += 1;
             let token = self.next_token;
             let (cmds, cmd_rx) = mpsc::channel(64);
-            let task = tokio::spawn(session(
-                self.ex.clone(),
-                peer,
-                self.id,
-                self.held.manifest.clone(),
-                cmd_rx,
-                tx.clone(),
-                token,
-            ));
+            let fetch = Fetch {
+                ex: self.ex.clone(),
+                id: self.id,
+                manifest: self.held.manifest.clone(),
+                sink: self.sink.clone(),
+            };
+            let task = tokio::spawn(session(fetch, peer, cmd_rx, tx.clone(), token));
             self.sources.insert(
                 peer,
                 Source {
@@ -1003,6 +1045,7 @@ impl Driver {
         let unrequested = (0..self.n)
             .filter(|i| !bit(&have, *i) && self.inflight[*i] == 0 && self.avail[*i] > 0)
             .count();
+        let urgent = self.sink.as_ref().map(|s| s.urgent()).unwrap_or_default();
         let peers: Vec<PeerId> = self.sources.keys().copied().collect();
         for peer in peers {
             let Some(src) = self.sources.get(&peer) else {
@@ -1017,7 +1060,7 @@ impl Driver {
             let room = WINDOW - src.inflight_bytes;
             let seed = src.seed;
             let endgame = unrequested == 0;
-            let mut picks: Vec<(u16, u64, usize)> = (0..self.n)
+            let mut picks: Vec<(bool, u16, u64, usize)> = (0..self.n)
                 .filter(|i| {
                     !bit(&have, *i)
                         && bit(bits, *i)
@@ -1027,7 +1070,7 @@ impl Driver {
                             self.inflight[*i] == 0
                         }
                 })
-                .map(|i| (self.avail[i], mix(i as u64 ^ seed), i))
+                .map(|i| (!urgent.contains(&i), self.avail[i], mix(i as u64 ^ seed), i))
                 .collect();
             if picks.is_empty() {
                 continue;
@@ -1044,7 +1087,7 @@ impl Driver {
             picks.sort_unstable();
             let mut chosen = Vec::new();
             let mut bytes = 0;
-            for (_, _, i) in picks {
+            for (_, _, _, i) in picks {
                 if bytes >= room {
                     break;
                 }
@@ -1085,15 +1128,28 @@ fn mix(mut x: u64) -> u64 {
 
 /// One source: opens the stream, forwards the driver's wants, checks and
 /// stores the blocks that come back.
-async fn session(
+/// What every session of one fetch shares.
+#[derive(Clone)]
+struct Fetch {
     ex: Arc<Exchange>,
-    peer: PeerId,
     id: Hash,
     manifest: Arc<Manifest>,
+    sink: Option<Arc<dyn BlockSink>>,
+}
+
+async fn session(
+    fetch: Fetch,
+    peer: PeerId,
     mut cmds: mpsc::Receiver<Frame>,
     events: mpsc::Sender<(PeerId, u64, Event)>,
     token: u64,
 ) {
+    let Fetch {
+        ex,
+        id,
+        manifest,
+        sink,
+    } = fetch;
     let send = |ev: Event| {
         let events = events.clone();
         async move {
@@ -1159,10 +1215,16 @@ async fn session(
         let storer = async {
             while let Some((index, data)) = put_rx.recv().await {
                 let hash = manifest.hash(index as usize);
-                let store = ex.store.clone();
-                let stored = tokio::task::spawn_blocking(move || store.put(&hash, &data))
-                    .await
-                    .map_err(|e| ExchangeError::Protocol(e.to_string()))?;
+                let (store, sink) = (ex.store.clone(), sink.clone());
+                let stored = tokio::task::spawn_blocking(move || {
+                    let stored = store.put(&hash, &data);
+                    if let (Ok(_), Some(sink)) = (&stored, sink) {
+                        sink.block(index as usize, &data);
+                    }
+                    stored
+                })
+                .await
+                .map_err(|e| ExchangeError::Protocol(e.to_string()))?;
                 match stored {
                     Ok(new) => send(Event::Stored { index, new }).await,
                     Err(BlockError::Corrupt(_)) => {

@@ -56,7 +56,7 @@ async fn fetch(n: &Node, id: blocks::Hash, from: Vec<PeerId>) -> Arc<blocks::Man
     let (tx, _rx) = watch::channel(Progress::default());
     tokio::time::timeout(
         Duration::from_secs(30),
-        n.ex.fetch(id, fixed(from), n.client.clone(), tx),
+        n.ex.fetch(id, fixed(from), n.client.clone(), tx, None),
     )
     .await
     .expect("fetch timed out")
