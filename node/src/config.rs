@@ -82,7 +82,11 @@ pub struct NodeConfig {
     /// Accept local paths and file:// URLs as repositories (for development and tests).
     #[arg(long, env = "SHOAL_ALLOW_LOCAL_REPOS")]
     pub allow_local_repos: bool,
-    /// Build without bubblewrap and cgroups. Only for trusted repositories.
+    /// Build sandbox: bubblewrap and cgroups where they work, else Landlock
+    /// (Linux 6.12+; for unprivileged pods).
+    #[arg(long, env = "SHOAL_SANDBOX", value_enum, default_value = "auto")]
+    pub sandbox: crate::build::sandbox::SandboxKind,
+    /// Build without any sandbox. Only for trusted repositories.
     #[arg(long, env = "SHOAL_UNSAFE_NO_SANDBOX")]
     pub unsafe_no_sandbox: bool,
     /// Wall-clock limit of one build (install and build steps together).

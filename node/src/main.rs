@@ -1,5 +1,6 @@
 //! `shoal`: run a peer (`shoal node`) or talk to one (`deploy`, `status`, `logs`).
 
+mod assemble;
 mod backend;
 mod build;
 mod cli;
@@ -23,9 +24,12 @@ use config::{Cli, Command};
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sled=warn,hyper=warn"));
+    // Colours for a terminal only: log files and `kubectl logs` get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .init();
 }
 

@@ -13,7 +13,7 @@ use anyhow::Context;
 use p2p::members::LocalInfo;
 use p2p::mesh::Mesh;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
@@ -82,13 +82,28 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let store = p2p::Store::open(&data.join("state")).context("opening the state database")?;
     let clock = Arc::new(p2p::Clock::new());
     let state = Arc::new(State::open(store.clone(), peer_id.clone(), clock.clone())?);
-    let isolation = Isolation::probe(cfg.unsafe_no_sandbox, &peer_id);
+    // A build never sees the peer's data or the directories of its secrets.
+    let deny: Vec<PathBuf> = std::iter::once(data.clone())
+        .chain(
+            [
+                &cfg.psk_file,
+                &cfg.github_client_secret_file,
+                &cfg.github_app_key_file,
+            ]
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f.parent().map(Path::to_path_buf)),
+        )
+        .collect();
+    let isolation = Isolation::probe(cfg.sandbox, cfg.unsafe_no_sandbox, &peer_id, deny);
     match &isolation {
         Isolation::Unavailable(why) => warn!(reason = %why, "builds will fail: no sandbox"),
         Isolation::None => {
             warn!("building WITHOUT a sandbox (--unsafe-no-sandbox): only for trusted repositories")
         }
-        Isolation::Bwrap { .. } => info!(isolation = %isolation.describe(), "builds are sandboxed"),
+        Isolation::Bwrap { .. } | Isolation::Landlock { .. } => {
+            info!(isolation = %isolation.describe(), "builds are sandboxed")
+        }
     }
     let mib = 1024 * 1024;
     let settings = BuildSettings {

@@ -282,16 +282,40 @@ async fn submodules_are_checked_out_and_checked() {
 }
 
 #[tokio::test]
-async fn the_sandbox_caps_processes_and_memory_and_hides_the_peer() {
-    let peer = Peer::start(&["--build-pids", "48", "--build-memory-mb", "96"])
-        .await
-        .unwrap();
+async fn the_bubblewrap_sandbox_caps_processes_and_memory_and_hides_the_peer() {
+    sandbox_caps_and_hides("bubblewrap").await;
+}
+
+/// The sandbox of unprivileged pods (no namespaces): Landlock, seccomp,
+/// rlimits, and here cgroups too.
+#[tokio::test]
+async fn the_landlock_sandbox_caps_processes_and_memory_and_hides_the_peer() {
+    sandbox_caps_and_hides("landlock").await;
+}
+
+async fn sandbox_caps_and_hides(kind: &str) {
+    let peer = Peer::start(&[
+        "--sandbox",
+        kind,
+        "--build-pids",
+        "48",
+        "--build-memory-mb",
+        "96",
+    ])
+    .await
+    .unwrap();
+    assert!(
+        peer.log().contains(&format!("isolation={kind}")),
+        "{kind} is not in use:\n{}",
+        peer.log()
+    );
     let healthz = format!("{}/healthz", peer.http);
     let data = peer.data.path().join("data");
+    let pid = peer.pid().unwrap();
     let probe = format!(
         "[build]\n\
          install = \"curl -s -m 5 -o /dev/null -w '%{{http_code}}' {healthz} > install-net.txt || true\"\n\
-         command = \"mkdir -p out && mv install-net.txt out/ && (curl -s -m 5 -o /dev/null -w '%{{http_code}}' {healthz} || true) > out/build-net.txt && env > out/env.txt && (test -e {data} && echo visible || echo hidden) > out/data.txt && echo ok > out/index.html\"\n\
+         command = \"mkdir -p out && mv install-net.txt out/ && (curl -s -m 5 -o /dev/null -w '%{{http_code}}' {healthz} || true) > out/build-net.txt && env > out/env.txt && (ls {data} >/dev/null 2>&1 && echo visible || echo hidden) > out/data.txt && (kill -0 {pid} 2>/dev/null && echo reached || echo safe) > out/signal.txt && (cat /proc/{pid}/environ >/dev/null 2>&1 && echo read || echo safe) > out/environ.txt && echo ok > out/index.html\"\n\
          output = \"out\"\n",
         data = data.display()
     );
@@ -339,6 +363,16 @@ async fn the_sandbox_caps_processes_and_memory_and_hides_the_peer() {
         get("/data.txt").await.trim(),
         "hidden",
         "the peer's data directory is visible in the sandbox"
+    );
+    assert_eq!(
+        get("/signal.txt").await.trim(),
+        "safe",
+        "a build can signal the peer"
+    );
+    assert_eq!(
+        get("/environ.txt").await.trim(),
+        "safe",
+        "a build can read the peer's environment"
     );
 
     let started = std::time::Instant::now();

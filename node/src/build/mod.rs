@@ -4,6 +4,7 @@
 
 pub mod cgroup;
 pub mod clone;
+pub mod confine;
 pub mod detect;
 pub mod pack;
 pub mod sandbox;

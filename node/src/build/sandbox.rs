@@ -1,10 +1,13 @@
-//! Running a build step in a sandbox: bubblewrap (new namespaces, no
-//! capabilities, its own session, dies with the peer, read-only system, only
-//! the checkout and a size-capped /tmp writable, cleared environment) inside
-//! a cgroup that caps memory and processes, under a deadline. Output lines go
-//! to the deployment log, each line and the total bounded.
+//! Running a build step in a sandbox, under a deadline: bubblewrap (new
+//! namespaces, no capabilities, its own session, dies with the peer,
+//! read-only system, only the checkout and a size-capped /tmp writable,
+//! cleared environment) inside a cgroup that caps memory and processes; or,
+//! where namespaces cannot be made (an unprivileged pod), a process that
+//! confines itself with Landlock, seccomp and rlimits ([`super::confine`]).
+//! Output lines go to the deployment log, each line and the total bounded.
 
 use super::cgroup::{Cgroup, CgroupRoot};
+use super::confine::{self, Confinement, Policy};
 use super::detect::Cmd;
 use super::Logger;
 use crate::state::Level;
@@ -24,12 +27,29 @@ pub const SANDBOX_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 /// Longest output line kept; longer lines are cut.
 const MAX_LINE: usize = 4096;
 
+/// Which sandbox to use (`--sandbox`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SandboxKind {
+    /// bubblewrap and cgroups if they work here, else Landlock.
+    Auto,
+    Bubblewrap,
+    Landlock,
+}
+
 /// How this peer runs builds.
 #[derive(Debug, Clone)]
 pub enum Isolation {
     Bwrap {
         bwrap: PathBuf,
         cgroups: CgroupRoot,
+    },
+    /// Self-confinement: Landlock, seccomp, rlimits (and cgroups if here).
+    Landlock {
+        cgroups: Option<CgroupRoot>,
+        /// Paths a build never sees (the peer's data and secrets).
+        deny: Vec<PathBuf>,
+        /// The peer runs as root: builds drop every capability.
+        root: bool,
     },
     /// `--unsafe-no-sandbox`: plain processes in their own process group.
     None,
@@ -38,31 +58,83 @@ pub enum Isolation {
 }
 
 impl Isolation {
-    /// Looks for bubblewrap and writable cgroups.
-    pub fn probe(unsafe_no_sandbox: bool, peer: &str) -> Self {
+    /// Finds a sandbox that works here: bubblewrap with writable cgroups,
+    /// else (unless bubblewrap was asked for) Landlock. `deny`: what a build
+    /// must never see.
+    pub fn probe(
+        kind: SandboxKind,
+        unsafe_no_sandbox: bool,
+        peer: &str,
+        deny: Vec<PathBuf>,
+    ) -> Self {
         if unsafe_no_sandbox {
             return Isolation::None;
         }
-        let Some(bwrap) = which("bwrap") else {
-            return Isolation::Unavailable(
-                "bubblewrap (bwrap) is not installed; install it, or start the peer with --unsafe-no-sandbox for trusted repositories only".into(),
-            );
+        let fallback =
+            " (or start the peer with --unsafe-no-sandbox, for trusted repositories only)";
+        let bwrap = match kind {
+            SandboxKind::Landlock => Err("not asked for".to_owned()),
+            _ => probe_bwrap(peer),
         };
-        match CgroupRoot::probe(peer) {
-            Ok(cgroups) => Isolation::Bwrap { bwrap, cgroups },
-            Err(why) => Isolation::Unavailable(format!(
-                "cannot cap build memory and processes ({why}); fix cgroups, or start the peer with --unsafe-no-sandbox for trusted repositories only"
-            )),
+        let why_not_bwrap = match bwrap {
+            Ok(iso) => return iso,
+            Err(why) if kind == SandboxKind::Bubblewrap => {
+                return Isolation::Unavailable(format!("{why}{fallback}"))
+            }
+            Err(why) => why,
+        };
+        let abi = confine::abi();
+        if abi < confine::NEEDED_ABI {
+            return Isolation::Unavailable(format!(
+                "no bubblewrap sandbox ({why_not_bwrap}), and Landlock ABI {abi} is below the {} a build sandbox needs (Linux 6.12+){fallback}",
+                confine::NEEDED_ABI
+            ));
+        }
+        let root = nix::unistd::geteuid().is_root();
+        Isolation::Landlock {
+            cgroups: CgroupRoot::probe(peer).ok(),
+            deny,
+            root,
         }
     }
 
     pub fn describe(&self) -> String {
         match self {
             Isolation::Bwrap { .. } => "bubblewrap + cgroups".into(),
+            Isolation::Landlock { cgroups, root, .. } => format!(
+                "landlock + seccomp + rlimits{}{}",
+                if cgroups.is_some() { " + cgroups" } else { "" },
+                if *root {
+                    ", root without capabilities"
+                } else {
+                    ""
+                }
+            ),
             Isolation::None => "none (--unsafe-no-sandbox)".into(),
             Isolation::Unavailable(why) => format!("unavailable: {why}"),
         }
     }
+}
+
+/// bubblewrap with cgroups, if both work here.
+fn probe_bwrap(peer: &str) -> Result<Isolation, String> {
+    let bwrap = which("bwrap").ok_or("bubblewrap (bwrap) is not installed")?;
+    // Installed is not enough: in a pod it cannot make namespaces.
+    let tried = std::process::Command::new(&bwrap)
+        .args(["--unshare-all", "--ro-bind", "/", "/", "--", "/bin/true"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("bubblewrap does not start: {e}"))?;
+    if !tried.status.success() {
+        let err = String::from_utf8_lossy(&tried.stderr);
+        return Err(format!(
+            "bubblewrap cannot make namespaces here: {}",
+            err.trim()
+        ));
+    }
+    let cgroups = CgroupRoot::probe(peer)
+        .map_err(|why| format!("cannot cap build memory and processes with cgroups ({why})"))?;
+    Ok(Isolation::Bwrap { bwrap, cgroups })
 }
 
 /// Finds `program` on the sandbox's PATH.
@@ -199,6 +271,41 @@ pub async fn run(
                 .env("SHOAL_CGROUP_PROCS", procs.join(" "));
             (c, Some(cg))
         }
+        Isolation::Landlock {
+            cgroups,
+            deny,
+            root,
+        } => {
+            let tmp = private_tmp(&step)?;
+            let cg = match cgroups {
+                Some(root) => Some(root.create(
+                    &format!("{}-{}", log.deployment(), step.name),
+                    limits.memory_bytes,
+                    limits.pids,
+                )?),
+                None => None,
+            };
+            let confinement = confinement(&step, limits, &tmp, deny, *root, cg.as_ref());
+            let confinement = match confinement {
+                Ok(c) => c,
+                Err(e) => {
+                    if let Some(cg) = cg {
+                        cg.destroy().await;
+                    }
+                    return Err(e.into());
+                }
+            };
+            let mut c = Command::new(step.cmd.program());
+            c.args(&step.cmd.0[1..])
+                .env_clear()
+                .envs(base_env())
+                .env("HOME", tmp.join("home"))
+                .env("TMPDIR", &tmp)
+                .envs(step.env.iter().cloned())
+                .current_dir(step.workdir);
+            confine::confine(&mut c, confinement);
+            (c, cg)
+        }
         Isolation::None => {
             let mut c = Command::new(step.cmd.program());
             c.args(&step.cmd.0[1..])
@@ -209,11 +316,14 @@ pub async fn run(
             (c, None)
         }
     };
+    if !matches!(iso, Isolation::Landlock { .. }) {
+        // (A confined step makes its own session instead.)
+        command.process_group(0);
+    }
     command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
         .kill_on_drop(true);
     log.info(&format!("$ {display}"));
     let mut child = match command.spawn() {
@@ -274,6 +384,59 @@ pub async fn run(
             status,
         })
     }
+}
+
+/// A fresh private tmp (and HOME) for a confined step, beside the checkout.
+fn private_tmp(step: &Step) -> std::io::Result<PathBuf> {
+    let tmp = step
+        .workdir
+        .parent()
+        .unwrap_or(step.workdir)
+        .join(format!("tmp-{}", step.name));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(tmp.join("home"))?;
+    Ok(tmp)
+}
+
+fn confinement(
+    step: &Step,
+    limits: &Limits,
+    tmp: &Path,
+    deny: &[PathBuf],
+    root: bool,
+    cgroup: Option<&Cgroup>,
+) -> std::io::Result<Confinement> {
+    let ruleset = confine::ruleset(&Policy {
+        system: SYSTEM_DIRS,
+        writable: &[step.workdir, tmp],
+        deny,
+        network: step.network,
+    })?;
+    let cgroup_procs = cgroup
+        .map(|cg| {
+            cg.procs_files()
+                .iter()
+                .map(|p| {
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(p)
+                        .map(std::os::fd::OwnedFd::from)
+                })
+                .collect::<std::io::Result<Vec<_>>>()
+        })
+        .transpose()?
+        .unwrap_or_default();
+    // RLIMIT_NPROC counts every task of the user, the peer's threads too
+    // (and binds no root process: the cgroup does then).
+    let nproc = confine::user_tasks() + limits.pids;
+    Ok(Confinement {
+        ruleset: Some(ruleset),
+        filter: confine::seccomp_filter(step.network),
+        cgroup_procs,
+        memory_bytes: cgroup.is_none().then_some(limits.memory_bytes),
+        nproc,
+        drop_caps: root,
+    })
 }
 
 /// Copies a pipe into the log line by line, cutting lines at [`MAX_LINE`]
