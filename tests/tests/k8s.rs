@@ -3,8 +3,10 @@
 //! loopback), run `shoal` with exactly the command, arguments and
 //! environment that `scripts/k8s/statefulset.yaml` gives a pod (with the
 //! Secret's and ConfigMap's values, `$(POD_NAME)` expanded, volume mount
-//! paths mapped to per-pod directories, and `shoal-<i>.shoal` resolving to
-//! pod i through the namespace's hosts file). They must form a mesh; then a
+//! paths mapped to per-pod directories owned by the pod's user, and
+//! `shoal-<i>.shoal` resolving to pod i through the namespace's hosts file),
+//! as the pod's `runAsUser` with no capabilities, so builds run in the
+//! sandbox a real pod gets (Landlock, no cgroups). They must form a mesh; then a
 //! rolling restart (SIGTERM each pod in turn, highest ordinal first, and
 //! start it again on the same volume) runs while a deployment builds and a
 //! client keeps requesting a site: no request fails on the pods not being
@@ -17,6 +19,7 @@
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -190,6 +193,19 @@ struct PodSpec {
     sites_port: u16,
     ready_path: String,
     mounts: Vec<(String, String)>,
+    /// The pod's `runAsUser` and `runAsGroup`.
+    user: (u32, u32),
+}
+
+/// Gives a tree to `uid:gid`, as the kubelet does for `fsGroup` volumes.
+fn chown_tree(root: &Path, uid: u32, gid: u32) -> Result<()> {
+    std::os::unix::fs::chown(root, Some(uid), Some(gid))?;
+    if root.is_dir() {
+        for entry in std::fs::read_dir(root)? {
+            chown_tree(&entry?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
 }
 
 fn pod_spec(name: &str, volumes: &Path) -> Result<PodSpec> {
@@ -258,7 +274,25 @@ fn pod_spec(name: &str, volumes: &Path) -> Result<PodSpec> {
         .map(|a| expand(a.as_str().unwrap()))
         .collect();
     assert_eq!(argv[0], "shoal");
-    argv[0] = shoal_bin().to_str().unwrap().to_owned();
+    // The image's binary, where the pod user may run it.
+    let image = volumes.join("shoal");
+    if std::fs::hard_link(shoal_bin(), &image).is_err() {
+        std::fs::copy(shoal_bin(), &image)?;
+    }
+    argv[0] = image.to_str().unwrap().to_owned();
+    let security = &set["spec"]["template"]["spec"]["securityContext"];
+    let id = |key: &str| -> Result<u32> {
+        c["securityContext"][key]
+            .as_u64()
+            .or_else(|| security[key].as_u64())
+            .map(|v| v as u32)
+            .with_context(|| format!("securityContext.{key}"))
+    };
+    let user = (id("runAsUser")?, id("runAsGroup")?);
+    for (_, host) in &mounts {
+        chown_tree(Path::new(host), user.0, user.1)?;
+    }
+    std::fs::set_permissions(volumes, std::fs::Permissions::from_mode(0o755))?;
     let port = |name: &str| -> Result<u16> {
         c["ports"]
             .as_array()
@@ -279,6 +313,7 @@ fn pod_spec(name: &str, volumes: &Path) -> Result<PodSpec> {
             .context("readinessProbe")?
             .to_owned(),
         mounts,
+        user,
     })
 }
 
@@ -297,8 +332,22 @@ impl Pod {
             .create(true)
             .append(true)
             .open(&self.log)?;
+        // As the pod's user, with no capabilities at all, as the
+        // StatefulSet's security context has it.
+        let (uid, gid) = self.spec.user;
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.ns])
+            .args([
+                "setpriv",
+                &format!("--reuid={uid}"),
+                &format!("--regid={gid}"),
+            ])
+            .args([
+                "--clear-groups",
+                "--inh-caps=-all",
+                "--bounding-set=-all",
+                "--",
+            ])
             .args(&self.spec.argv)
             .env_clear()
             .envs(&self.spec.env)
@@ -364,6 +413,7 @@ async fn the_statefulset_forms_a_mesh_and_survives_a_rolling_restart() -> Result
     }
     let net = Net::new()?;
     let volumes = tempfile::tempdir()?;
+    std::fs::set_permissions(volumes.path(), std::fs::Permissions::from_mode(0o755))?;
     let mut pods = Vec::new();
     for i in 0..PODS {
         let name = format!("shoal-{i}");
@@ -404,6 +454,16 @@ async fn the_statefulset_forms_a_mesh_and_survives_a_rolling_restart() -> Result
         )
         .await
         .with_context(|| p.log_text())?;
+    }
+    for p in &pods {
+        // Unprivileged as in a real pod: no namespaces, no cgroups.
+        let log = p.log_text();
+        let line = log.lines().find(|l| l.contains("builds are sandboxed"));
+        assert!(
+            line.is_some_and(|l| l.ends_with("isolation=landlock + seccomp + rlimits")),
+            "{} does not build in the Landlock sandbox: {line:?}",
+            p.name
+        );
     }
     wait_until("a mesh of 3", Duration::from_secs(30), || async {
         let peers: Vec<Value> = get(&client, &pods[0].url(http, "/api/peers"), None)
