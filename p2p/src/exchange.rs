@@ -40,9 +40,13 @@ const MAX_FRAME: usize = blocks::MAX_CHUNK as usize + 4096;
 const MAX_LIST: usize = 16 * 1024;
 /// Most wanted blocks one asker may queue at a server.
 const MAX_QUEUED: usize = 1024;
-/// Bytes asked of one source at a time. Each source's share of a link is
-/// at most its rate × RTT in flight; 1 MiB covers 400 Mbit/s at 20 ms.
-pub const WINDOW: u64 = 1024 * 1024;
+/// Bytes asked of one source at a time, at first and at least: a source's
+/// share of a busy link needs little more than its rate × RTT in flight,
+/// and what is asked beyond that only queues at the source (where the last
+/// blocks of a fetch would wait behind it).
+pub const WINDOW: u64 = 512 * 1024;
+/// The most asked of one source at a time (a fast link far away).
+const MAX_WINDOW: u64 = 16 * 1024 * 1024;
 /// Sources fetched from at once.
 pub const MAX_SOURCES: usize = 8;
 /// Inbound block streams served at once.
@@ -737,8 +741,16 @@ struct Source {
     token: u64,
     cmds: mpsc::Sender<Frame>,
     bits: Option<Vec<u8>>,
-    wanted: HashSet<u32>,
+    /// Blocks asked of this source, and when.
+    wanted: HashMap<u32, Instant>,
     inflight_bytes: u64,
+    /// Bytes it may have in flight (see [`next_window`]).
+    window: u64,
+    /// The quickest answer so far (about one round trip), and the answers
+    /// since the last tick.
+    quickest: Duration,
+    answers: u32,
+    waited: Duration,
     last_data: Instant,
     seed: u64,
     task: tokio::task::JoinHandle<()>,
@@ -814,6 +826,7 @@ impl Driver {
                     }
                 }
                 _ = tick.tick() => {
+                    self.adapt_windows();
                     self.check_stalls();
                     self.add_sources(&tx, client);
                 }
@@ -889,7 +902,11 @@ impl Driver {
                     token,
                     cmds,
                     bits: None,
-                    wanted: HashSet::new(),
+                    wanted: HashMap::new(),
+                    window: WINDOW,
+                    quickest: Duration::MAX,
+                    answers: 0,
+                    waited: Duration::ZERO,
                     inflight_bytes: 0,
                     last_data: now,
                     seed: rand::random(),
@@ -902,7 +919,7 @@ impl Driver {
     /// Drops a source, giving its requests back to the others.
     fn drop_source(&mut self, peer: &PeerId, retry_after: Duration) {
         if let Some(src) = self.sources.remove(peer) {
-            for i in &src.wanted {
+            for i in src.wanted.keys() {
                 self.inflight[*i as usize] = self.inflight[*i as usize].saturating_sub(1);
             }
             if let Some(bits) = &src.bits {
@@ -918,6 +935,21 @@ impl Driver {
         });
         self.retry_at
             .insert(*peer, (Instant::now() + backoff, backoff));
+    }
+
+    /// Resizes each source's window by how long its answers took since the
+    /// last tick.
+    fn adapt_windows(&mut self) {
+        for src in self.sources.values_mut() {
+            let (answers, waited) = (
+                std::mem::take(&mut src.answers),
+                std::mem::take(&mut src.waited),
+            );
+            if answers > 0 {
+                let busy = src.inflight_bytes >= src.window / 2;
+                src.window = next_window(src.window, busy, waited / answers, src.quickest);
+            }
+        }
     }
 
     fn check_stalls(&mut self) {
@@ -970,9 +1002,13 @@ impl Driver {
                 let i = index as usize;
                 let size = self.held.manifest.size_of(i);
                 if let Some(src) = self.sources.get_mut(&peer) {
-                    if src.wanted.remove(&index) {
+                    if let Some(asked) = src.wanted.remove(&index) {
                         src.inflight_bytes = src.inflight_bytes.saturating_sub(size);
                         self.inflight[i] = self.inflight[i].saturating_sub(1);
+                        let waited = asked.elapsed();
+                        src.quickest = src.quickest.min(waited);
+                        src.answers += 1;
+                        src.waited += waited;
                     }
                     src.last_data = Instant::now();
                 }
@@ -989,7 +1025,7 @@ impl Driver {
                 // Endgame: cancel the copies still coming from elsewhere.
                 if self.inflight[i] > 0 {
                     for src in self.sources.values_mut() {
-                        if src.wanted.remove(&index) {
+                        if src.wanted.remove(&index).is_some() {
                             src.inflight_bytes = src.inflight_bytes.saturating_sub(size);
                             let _ = src.cmds.try_send(Frame::Cancel {
                                 blocks: vec![index],
@@ -1002,7 +1038,7 @@ impl Driver {
             Event::DontHave(index) => {
                 let i = index as usize;
                 if let Some(src) = self.sources.get_mut(&peer) {
-                    if src.wanted.remove(&index) {
+                    if src.wanted.remove(&index).is_some() {
                         src.inflight_bytes = src
                             .inflight_bytes
                             .saturating_sub(self.held.manifest.size_of(i));
@@ -1037,7 +1073,7 @@ impl Driver {
         let hungry = self
             .sources
             .values()
-            .any(|s| s.bits.is_some() && s.inflight_bytes <= WINDOW / 2);
+            .any(|s| s.bits.is_some() && s.inflight_bytes <= s.window / 2);
         if !hungry {
             return;
         }
@@ -1054,10 +1090,10 @@ impl Driver {
             let Some(bits) = src.bits.as_ref() else {
                 continue;
             };
-            if src.inflight_bytes > WINDOW / 2 {
+            if src.inflight_bytes > src.window / 2 {
                 continue;
             }
-            let room = WINDOW - src.inflight_bytes;
+            let room = src.window - src.inflight_bytes;
             let seed = src.seed;
             let endgame = unrequested == 0;
             let mut picks: Vec<(bool, u16, u64, usize)> = (0..self.n)
@@ -1065,7 +1101,7 @@ impl Driver {
                     !bit(&have, *i)
                         && bit(bits, *i)
                         && if endgame {
-                            self.inflight[*i] == 1 && !src.wanted.contains(&(*i as u32))
+                            self.inflight[*i] == 1 && !src.wanted.contains_key(&(*i as u32))
                         } else {
                             self.inflight[*i] == 0
                         }
@@ -1109,12 +1145,32 @@ impl Driver {
             if src.wanted.is_empty() {
                 src.last_data = Instant::now();
             }
+            let now = Instant::now();
             for i in chosen {
-                src.wanted.insert(i);
+                src.wanted.insert(i, now);
                 self.inflight[i as usize] += 1;
             }
             src.inflight_bytes += bytes;
         }
+    }
+}
+
+/// The next window of a source whose answers took `mean` on average lately
+/// and `quickest` at best (about one round trip). Answers about as quick as
+/// the quickest mean nothing queues at the source: if the window is what
+/// limits it (`busy`), it doubles. Answers much slower mean a queue there
+/// (its link is shared, or full): the window shrinks back towards
+/// [`WINDOW`], since asking more would only make the queue, and the wait
+/// for the last blocks of a fetch, longer. So a far, fast source gets a
+/// window of its bandwidth-delay product, and a busy one nearby no more
+/// than it needs.
+fn next_window(window: u64, busy: bool, mean: Duration, quickest: Duration) -> u64 {
+    if busy && mean * 2 <= quickest * 3 {
+        (window * 2).min(MAX_WINDOW)
+    } else if mean * 2 > quickest * 5 {
+        (window / 4 * 3).max(WINDOW)
+    } else {
+        window
     }
 }
 
@@ -1254,6 +1310,22 @@ async fn session(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn windows_grow_while_nothing_queues_and_shrink_when_it_does() {
+        let ms = Duration::from_millis;
+        // Far and fast: answers in about one round trip, window the limit.
+        assert_eq!(next_window(WINDOW, true, ms(110), ms(100)), 2 * WINDOW);
+        // Not using its window: no reason to grow it.
+        assert_eq!(next_window(WINDOW, false, ms(110), ms(100)), WINDOW);
+        // A queue at the source: back down, never below the floor.
+        assert_eq!(next_window(4 * WINDOW, true, ms(400), ms(100)), 3 * WINDOW);
+        assert_eq!(next_window(WINDOW, true, ms(900), ms(30)), WINDOW);
+        // In between: hold.
+        assert_eq!(next_window(4 * WINDOW, true, ms(200), ms(100)), 4 * WINDOW);
+        // Never beyond the ceiling.
+        assert_eq!(next_window(MAX_WINDOW, true, ms(100), ms(100)), MAX_WINDOW);
+    }
 
     #[test]
     fn bits_round_trip() {
