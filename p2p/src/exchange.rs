@@ -11,8 +11,11 @@
 //! A fetch runs one session per source (up to [`MAX_SOURCES`], preferred
 //! peers first) and one driver that decides which block to want from whom:
 //! rarest first among the sources' bitfields, random among equals (so
-//! fetchers spread out and soon have something to give each other), with
-//! about [`WINDOW`] bytes in flight per source. When every missing block is
+//! fetchers spread out and soon have something to give each other), with a
+//! window of bytes in flight per source that starts at [`WINDOW`] and grows
+//! only while the source answers in about a round trip (so a far, fast
+//! source gets its bandwidth-delay product and a busy one no queue of ours).
+//! When every missing block is
 //! in flight, the tail is asked of a second source too (endgame) and the
 //! slower copy cancelled. A block whose hash is wrong bans its sender for a
 //! while; a source that stalls loses its requests to the others. A
