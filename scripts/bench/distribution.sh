@@ -10,7 +10,8 @@
 #   sudo scripts/bench/distribution.sh [N=8] [SIZE_MB=200] [RATE=100mbit] [DELAY=10ms]
 #
 # Env: SKIP_BASELINES=1 runs shoal only; SMALL_MB (20) is the size of a
-# first, small run whose peak RSS is compared with the big one's.
+# first, small run whose peak RSS is compared with the big one's; API_HOST
+# (0) is the host whose peer takes the deployment and is polled.
 # Needs root (namespaces, tc, iptables); installs its packages with apt.
 # Cleans up its namespaces, processes and files on any exit.
 set -euo pipefail
@@ -21,6 +22,8 @@ SIZE=${2:-200}
 RATE=${3:-100mbit}
 DELAY=${4:-10ms}
 SMALL=${SMALL_MB:-20}
+# The peer the script deploys on and polls (h0 is also everyone's bootstrap).
+API=${API_HOST:-0}
 export NB_PREFIX=${NB_PREFIX:-shb}
 export NB_NET=${NB_NET:-10.78.0}
 NB=$ROOT/scripts/bench/netbench/netbench.sh
@@ -39,7 +42,7 @@ SHOAL=$ROOT/target/release/shoal
 ns() { echo "$NB_PREFIX-h$1"; }
 hip() { echo "$NB_NET.$(($1 + 1))"; }
 inns() { local n=$1; shift; ip netns exec "$n" "$@"; }
-api() { inns "$(ns 0)" curl -sf --max-time 5 -H "authorization: Bearer bench" "$@"; }
+api() { inns "$(ns "$API")" curl -sf --max-time 5 -H "authorization: Bearer bench" "$@"; }
 
 stop_peers() {
   local p
@@ -108,26 +111,26 @@ run_shoal() { # SIZE_MB -> prints key=value lines
     PIDS+=($!)
   done
   t0=$(date +%s)
-  until [ "$(api "http://$(hip 0):8080/api/peers" | python3 -c 'import json,sys; print(sum(p["alive"] for p in json.load(sys.stdin)))' 2>/dev/null)" = "$N" ]; do
+  until [ "$(api "http://$(hip "$API"):8080/api/peers" | python3 -c 'import json,sys; print(sum(p["alive"] for p in json.load(sys.stdin)))' 2>/dev/null)" = "$N" ]; do
     [ $(($(date +%s) - t0)) -lt 60 ] || { echo "peers did not form a mesh; see $W/h0.log" >&2; tail -5 "$W/h0.log" >&2; exit 1; }
     sleep 0.5
   done
   local before cpu0; before=$(tx_total); cpu0=$(cpu_sample)
   id=$(api -X POST -H 'content-type: application/json' \
-    -d "{\"repo_url\":\"$repo\",\"name\":\"bench\"}" "http://$(hip 0):8080/api/deployments" |
+    -d "{\"repo_url\":\"$repo\",\"name\":\"bench\"}" "http://$(hip "$API"):8080/api/deployments" |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
   t0=$(date +%s)
   while :; do
     # Cheap on purpose (no interpreter per poll): the machine is shared with
     # the peers being measured, and the times come from the record anyway.
-    d=$(api "http://$(hip 0):8080/api/deployments/$id" || true)
+    d=$(api "http://$(hip "$API"):8080/api/deployments/$id" || true)
     status='?'
     [[ $d =~ \"status\":\"([A-Za-z]+)\" ]] && status=${BASH_REMATCH[1]}
     case "$status" in success | buildFailed | distributionFailed | canceled) break ;; esac
     [ $(($(date +%s) - t0)) -lt 1800 ] || { echo "timed out in $status" >&2; exit 1; }
     sleep 0.5
   done
-  d=$(api "http://$(hip 0):8080/api/deployments/$id")
+  d=$(api "http://$(hip "$API"):8080/api/deployments/$id")
   local after cpu1; after=$(tx_total); cpu1=$(cpu_sample)
   [ "$status" = success ] || { echo "deployment ended $status: $d" >&2; exit 1; }
   # Every peer serves the same bytes.
@@ -173,7 +176,7 @@ print("artifact_bytes=%d" % d["replicas"][0]["total"])
   done
   echo "shoal_cpu_s=$(calc "$ticks/$(getconf CLK_TCK)")"
   mkdir -p "$LOGS/$size"; cp "$W"/h*.log "$LOGS/$size/"
-  api "http://$(hip 0):8080/api/deployments/$id/logs" >"$LOGS/$size/deployment.json" || true
+  api "http://$(hip "$API"):8080/api/deployments/$id/logs" >"$LOGS/$size/deployment.json" || true
   stop_peers
   rm -rf "$W"/d* "$repo"
 }
