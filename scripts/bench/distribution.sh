@@ -11,7 +11,8 @@
 #
 # Env: SKIP_BASELINES=1 runs shoal only; SMALL_MB (20) is the size of a
 # first, small run whose peak RSS is compared with the big one's; API_HOST
-# (0) is the host whose peer takes the deployment and is polled.
+# (0) is the host whose peer takes the deployment and is polled; SHOAL_LOG
+# (info) is the peers' log filter (their logs are kept in $LOGS).
 # Needs root (namespaces, tc, iptables); installs its packages with apt.
 # Cleans up its namespaces, processes and files on any exit.
 set -euo pipefail
@@ -104,7 +105,7 @@ run_shoal() { # SIZE_MB -> prints key=value lines
     local boot=()
     [ "$k" -gt 0 ] && boot=(--bootstrap "/ip4/$(hip 0)/tcp/9000")
     mkdir -p "$W/d$k"
-    ip netns exec "$(ns "$k")" env SHOAL_ADMIN_TOKEN=bench SHOAL_LOG=info "$SHOAL" node \
+    ip netns exec "$(ns "$k")" env SHOAL_ADMIN_TOKEN=bench SHOAL_LOG=${SHOAL_LOG:-info} "$SHOAL" node \
       --data "$W/d$k" --name "h$k" --listen "$(hip "$k")" --http-port 8080 --sites-port 8000 \
       --p2p-port 9000 "${boot[@]}" --allow-local-repos --unsafe-no-sandbox \
       --max-site-mb 8192 --max-repo-mb 8192 --distribution-timeout 30m >"$W/h$k.log" 2>&1 &
