@@ -249,11 +249,11 @@ pub async fn run(
     mut cancel: watch::Receiver<bool>,
 ) -> Result<(), SandboxError> {
     let display = step.cmd.display();
+    let cgroup_name = format!("{}-{}", log.deployment(), step.name);
     let (mut command, cgroup): (Command, Option<Cgroup>) = match iso {
         Isolation::Unavailable(why) => return Err(SandboxError::Unavailable(why.clone())),
         Isolation::Bwrap { bwrap, cgroups } => {
-            let name = format!("{}-{}", log.deployment(), step.name);
-            let cg = cgroups.create(&name, limits.memory_bytes, limits.pids)?;
+            let cg = cgroups.create(&cgroup_name, limits.memory_bytes, limits.pids)?;
             let procs: Vec<String> = cg
                 .procs_files()
                 .iter()
@@ -268,7 +268,8 @@ pub async fn run(
                 .args(bwrap_args(&step, limits))
                 .env_clear()
                 .env("PATH", SANDBOX_PATH)
-                .env("SHOAL_CGROUP_PROCS", procs.join(" "));
+                .env("SHOAL_CGROUP_PROCS", procs.join(" "))
+                .process_group(0);
             (c, Some(cg))
         }
         Isolation::Landlock {
@@ -278,11 +279,7 @@ pub async fn run(
         } => {
             let tmp = private_tmp(&step)?;
             let cg = match cgroups {
-                Some(root) => Some(root.create(
-                    &format!("{}-{}", log.deployment(), step.name),
-                    limits.memory_bytes,
-                    limits.pids,
-                )?),
+                Some(root) => Some(root.create(&cgroup_name, limits.memory_bytes, limits.pids)?),
                 None => None,
             };
             let confinement = confinement(&step, limits, &tmp, deny, *root, cg.as_ref());
@@ -295,31 +292,17 @@ pub async fn run(
                     return Err(e.into());
                 }
             };
-            let mut c = Command::new(step.cmd.program());
-            c.args(&step.cmd.0[1..])
-                .env_clear()
-                .envs(base_env())
-                .env("HOME", tmp.join("home"))
-                .env("TMPDIR", &tmp)
-                .envs(step.env.iter().cloned())
-                .current_dir(step.workdir);
+            // The confined step makes its own session (no process group here).
+            let mut c = direct(&step, Some(&tmp));
             confine::confine(&mut c, confinement);
             (c, cg)
         }
         Isolation::None => {
-            let mut c = Command::new(step.cmd.program());
-            c.args(&step.cmd.0[1..])
-                .env_clear()
-                .envs(base_env())
-                .envs(step.env.iter().cloned())
-                .current_dir(step.workdir);
+            let mut c = direct(&step, None);
+            c.process_group(0);
             (c, None)
         }
     };
-    if !matches!(iso, Isolation::Landlock { .. }) {
-        // (A confined step makes its own session instead.)
-        command.process_group(0);
-    }
     command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -384,6 +367,18 @@ pub async fn run(
             status,
         })
     }
+}
+
+/// The step's own command, run directly in the checkout with the sandbox's
+/// environment (HOME and TMPDIR in `tmp`, if given).
+fn direct(step: &Step, tmp: Option<&Path>) -> Command {
+    let mut c = Command::new(step.cmd.program());
+    c.args(&step.cmd.0[1..]).env_clear().envs(base_env());
+    if let Some(tmp) = tmp {
+        c.env("HOME", tmp.join("home")).env("TMPDIR", tmp);
+    }
+    c.envs(step.env.iter().cloned()).current_dir(step.workdir);
+    c
 }
 
 /// A fresh private tmp (and HOME) for a confined step, beside the checkout.
