@@ -10,9 +10,11 @@
 //!
 //! A fetch runs one session per source (up to [`MAX_SOURCES`], preferred
 //! peers first) and one driver that decides which block to want from whom:
-//! rarest first among the sources' bitfields, random among equals (so
-//! fetchers spread out and soon have something to give each other), with a
-//! window of bytes in flight per source that starts at [`WINDOW`] and grows
+//! rarest first among the sources' bitfields, then its own share of them
+//! (so fetchers drawing on one seed do not make it send a block twice),
+//! random among equals (so fetchers spread out and soon have something to
+//! give each other), with a window of bytes in flight per source, kept
+//! full, that starts at [`WINDOW`] and grows
 //! only while the source answers in about a round trip (so a far, fast
 //! source gets its bandwidth-delay product and a busy one no queue of ours).
 //! When every missing block is
@@ -33,7 +35,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch, Notify};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, trace, warn};
 
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/blocks/1");
 const VERSION: u8 = 1;
@@ -50,6 +52,8 @@ const MAX_QUEUED: usize = 1024;
 pub const WINDOW: u64 = 512 * 1024;
 /// The most asked of one source at a time (a fast link far away).
 const MAX_WINDOW: u64 = 16 * 1024 * 1024;
+/// A source's window is topped up once this much of it is free.
+const REFILL: u64 = 2 * blocks::AVG_CHUNK as u64;
 /// Sources fetched from at once.
 pub const MAX_SOURCES: usize = 8;
 /// Inbound block streams served at once.
@@ -732,6 +736,8 @@ enum Event {
     Stored {
         index: u32,
         new: bool,
+        /// When its frame was read off the stream.
+        landed: Instant,
     },
     DontHave(u32),
     Bad(u32),
@@ -754,6 +760,7 @@ struct Source {
     quickest: Duration,
     answers: u32,
     waited: Duration,
+    local: Duration,
     last_data: Instant,
     seed: u64,
     task: tokio::task::JoinHandle<()>,
@@ -910,6 +917,7 @@ impl Driver {
                     quickest: Duration::MAX,
                     answers: 0,
                     waited: Duration::ZERO,
+                    local: Duration::ZERO,
                     inflight_bytes: 0,
                     last_data: now,
                     seed: rand::random(),
@@ -943,14 +951,26 @@ impl Driver {
     /// Resizes each source's window by how long its answers took since the
     /// last tick.
     fn adapt_windows(&mut self) {
-        for src in self.sources.values_mut() {
+        for (peer, src) in self.sources.iter_mut() {
             let (answers, waited) = (
                 std::mem::take(&mut src.answers),
                 std::mem::take(&mut src.waited),
             );
             if answers > 0 {
                 let busy = src.inflight_bytes >= src.window / 2;
-                src.window = next_window(src.window, busy, waited / answers, src.quickest);
+                let mean = waited / answers;
+                let local = std::mem::take(&mut src.local) / answers;
+                src.window = next_window(src.window, busy, mean, src.quickest);
+                trace!(
+                    source = %peer,
+                    answers,
+                    mean_ms = mean.as_millis() as u64,
+                    local_ms = local.as_millis() as u64,
+                    quickest_ms = src.quickest.as_millis() as u64,
+                    inflight = src.inflight_bytes,
+                    window = src.window,
+                    "window"
+                );
             }
         }
     }
@@ -1001,7 +1021,7 @@ impl Driver {
                     }
                 }
             }
-            Event::Stored { index, new } => {
+            Event::Stored { index, new, landed } => {
                 let i = index as usize;
                 let size = self.held.manifest.size_of(i);
                 if let Some(src) = self.sources.get_mut(&peer) {
@@ -1012,6 +1032,7 @@ impl Driver {
                         src.quickest = src.quickest.min(waited);
                         src.answers += 1;
                         src.waited += waited;
+                        src.local += landed.elapsed();
                     }
                     src.last_data = Instant::now();
                 }
@@ -1069,14 +1090,15 @@ impl Driver {
         }
     }
 
-    /// Fills each source's window: rarest blocks first, random among equals
-    /// (each source has its own order, so fetchers spread out); in the
-    /// endgame, blocks already asked of one other source.
+    /// Fills each source's window: rarest blocks first, this peer's share
+    /// of them first (see [`share`]), random among equals (each
+    /// source has its own order, so fetchers spread out); in the endgame,
+    /// blocks already asked of one other source.
     fn dispatch(&mut self) {
         let hungry = self
             .sources
             .values()
-            .any(|s| s.bits.is_some() && s.inflight_bytes <= s.window / 2);
+            .any(|s| s.bits.is_some() && s.inflight_bytes + REFILL <= s.window);
         if !hungry {
             return;
         }
@@ -1093,13 +1115,14 @@ impl Driver {
             let Some(bits) = src.bits.as_ref() else {
                 continue;
             };
-            if src.inflight_bytes > src.window / 2 {
+            if src.inflight_bytes + REFILL > src.window {
                 continue;
             }
             let room = src.window - src.inflight_bytes;
             let seed = src.seed;
             let endgame = unrequested == 0;
-            let mut picks: Vec<(bool, u16, u64, usize)> = (0..self.n)
+            let (rank, parts) = share(&self.ex.local, self.sources.keys(), &peer);
+            let mut picks: Vec<(bool, u16, bool, u64, usize)> = (0..self.n)
                 .filter(|i| {
                     !bit(&have, *i)
                         && bit(bits, *i)
@@ -1109,7 +1132,16 @@ impl Driver {
                             self.inflight[*i] == 0
                         }
                 })
-                .map(|i| (!urgent.contains(&i), self.avail[i], mix(i as u64 ^ seed), i))
+                .map(|i| {
+                    let mine = mix(i as u64) % parts == rank;
+                    (
+                        !urgent.contains(&i),
+                        self.avail[i],
+                        !mine,
+                        mix(i as u64 ^ seed),
+                        i,
+                    )
+                })
                 .collect();
             if picks.is_empty() {
                 continue;
@@ -1126,7 +1158,7 @@ impl Driver {
             picks.sort_unstable();
             let mut chosen = Vec::new();
             let mut bytes = 0;
-            for (_, _, _, i) in picks {
+            for (_, _, _, _, i) in picks {
                 if bytes >= room {
                     break;
                 }
@@ -1175,6 +1207,27 @@ fn next_window(window: u64, busy: bool, mean: Duration, quickest: Duration) -> u
     } else {
         window
     }
+}
+
+/// The share of what `local` asks of `source`: its place among the peers
+/// that may fetch from that source (itself and its other sources, as it
+/// sees them), and how many there are. Among equally rare blocks each
+/// fetcher asks first for those that hash to its place, so fetchers drawing
+/// on one seed at once ask it for different blocks instead of the same ones
+/// (which the seed would then send twice, on the link every first copy has
+/// to leave through). Views that differ only cost a few doubles.
+fn share<'a>(
+    local: &'a PeerId,
+    sources: impl Iterator<Item = &'a PeerId>,
+    source: &PeerId,
+) -> (u64, u64) {
+    let mut peers: Vec<&PeerId> = sources
+        .filter(|p| *p != source && *p != local)
+        .chain(std::iter::once(local))
+        .collect();
+    peers.sort_unstable();
+    let rank = peers.iter().position(|p| *p == local).unwrap_or(0);
+    (rank as u64, peers.len() as u64)
 }
 
 /// A cheap 64-bit mix (splitmix64), for per-source random orders.
@@ -1250,7 +1303,7 @@ async fn session(
         };
         // Blocks are checked and stored by a second loop, so that reading
         // the stream never waits for the disk (a few blocks may queue).
-        let (put_tx, mut put_rx) = mpsc::channel::<(u32, ByteBuf)>(STORE_QUEUE);
+        let (put_tx, mut put_rx) = mpsc::channel::<(u32, ByteBuf, Instant)>(STORE_QUEUE);
         let reader = async {
             loop {
                 match read_frame(&mut rd, MAX_FRAME).await? {
@@ -1261,7 +1314,7 @@ async fn session(
                         let len = data.len() as u64;
                         ex.stats.fetched_bytes.fetch_add(len, Ordering::Relaxed);
                         ex.stats.fetched_blocks.fetch_add(1, Ordering::Relaxed);
-                        if put_tx.send((index, data)).await.is_err() {
+                        if put_tx.send((index, data, Instant::now())).await.is_err() {
                             return Ok(());
                         }
                     }
@@ -1272,7 +1325,7 @@ async fn session(
             }
         };
         let storer = async {
-            while let Some((index, data)) = put_rx.recv().await {
+            while let Some((index, data, landed)) = put_rx.recv().await {
                 let hash = manifest.hash(index as usize);
                 let (store, sink) = (ex.store.clone(), sink.clone());
                 let stored = tokio::task::spawn_blocking(move || {
@@ -1285,7 +1338,7 @@ async fn session(
                 .await
                 .map_err(|e| ExchangeError::Protocol(e.to_string()))?;
                 match stored {
-                    Ok(new) => send(Event::Stored { index, new }).await,
+                    Ok(new) => send(Event::Stored { index, new, landed }).await,
                     Err(BlockError::Corrupt(_)) => {
                         send(Event::Bad(index)).await;
                         return Ok(());
@@ -1328,6 +1381,36 @@ mod tests {
         assert_eq!(next_window(4 * WINDOW, true, ms(200), ms(100)), 4 * WINDOW);
         // Never beyond the ceiling.
         assert_eq!(next_window(MAX_WINDOW, true, ms(100), ms(100)), MAX_WINDOW);
+    }
+
+    #[test]
+    fn fetchers_of_one_seed_take_different_shares() {
+        let seed = PeerId::random();
+        let fetchers: Vec<PeerId> = (0..7).map(|_| PeerId::random()).collect();
+        // Each fetcher's sources: the seed and every other fetcher.
+        let shares: Vec<(u64, u64)> = fetchers
+            .iter()
+            .map(|me| {
+                let sources: Vec<PeerId> = std::iter::once(seed)
+                    .chain(fetchers.iter().filter(|p| *p != me).copied())
+                    .collect();
+                share(me, sources.iter(), &seed)
+            })
+            .collect();
+        let mut ranks: Vec<u64> = shares.iter().map(|(r, _)| *r).collect();
+        ranks.sort_unstable();
+        assert_eq!(ranks, (0..7).collect::<Vec<u64>>());
+        assert!(shares.iter().all(|(_, parts)| *parts == 7));
+        // So every block is the first choice of exactly one of them.
+        for i in 0..1000u64 {
+            let takers = shares
+                .iter()
+                .filter(|(rank, parts)| mix(i) % parts == *rank)
+                .count();
+            assert_eq!(takers, 1);
+        }
+        // A fetcher alone with the seed has it all.
+        assert_eq!(share(&fetchers[0], [seed].iter(), &seed), (0, 1));
     }
 
     #[test]

@@ -163,6 +163,7 @@ print("first=%.2f" % done[0])
 print("artifact_bytes=%d" % d["replicas"][0]["total"])
 '
   local b a; b=($before); a=($after)
+  echo "builder_host=$builder_host"
   echo "wire=$((a[0] - b[0]))"
   echo "packets=$((a[N + 1] - b[N + 1]))"
   echo "builder_wire=$((a[builder_host + 1] - b[builder_host + 1]))"
@@ -171,11 +172,13 @@ print("artifact_bytes=%d" % d["replicas"][0]["total"])
   echo "rss_kib=$(echo "$rss" | tr ' ' '\n' | sort -n | tail -1)"
   echo "rss_builder_kib=$rss_builder"
   echo "cpu_busy=$(cpu_busy "$cpu0" "$cpu1")"
-  local ticks=0 t
+  local ticks=0 t each=""
   for ((k = 0; k < N; k++)); do
     t=$(awk '{print $14 + $15}' "/proc/${PIDS[$k]}/stat"); ticks=$((ticks + t))
+    each="$each h$k=$(calc "$t/$(getconf CLK_TCK)")"
   done
   echo "shoal_cpu_s=$(calc "$ticks/$(getconf CLK_TCK)")"
+  echo "shoal_cpu_each=${each# }"
   mkdir -p "$LOGS/$size"; cp "$W"/h*.log "$LOGS/$size/"
   api "http://$(hip "$API"):8080/api/deployments/$id/logs" >"$LOGS/$size/deployment.json" || true
   stop_peers
@@ -212,5 +215,6 @@ echo "packets sent (skbs)              = $(val "$W/big.out" packets)  ($(calc "$
 echo "builder upload (blocks)          = $(val "$W/big.out" builder_served)  ($(calc "$(val "$W/big.out" builder_served)/$S") x S)"
 echo "builder upload (eth0 tx)         = $(val "$W/big.out" builder_wire)  ($(calc "$(val "$W/big.out" builder_wire)/$S") x S)"
 echo "CPU: both cores $(val "$W/big.out" cpu_busy) % busy from POST to success; shoal peers used $(val "$W/big.out" shoal_cpu_s) CPU-seconds in all (clone, build and pack included)"
+echo "CPU-seconds per peer: $(val "$W/big.out" shoal_cpu_each) (builder h$(val "$W/big.out" builder_host))"
 echo "peak RSS, largest fetching peer = $(val "$W/small.out" rss_kib) KiB at ${SMALL} MiB, $(val "$W/big.out" rss_kib) KiB at ${SIZE} MiB (ratio $(calc "$(val "$W/big.out" rss_kib)/$(val "$W/small.out" rss_kib)"))"
 echo "peak RSS, builder                = $(val "$W/small.out" rss_builder_kib) KiB at ${SMALL} MiB, $(val "$W/big.out" rss_builder_kib) KiB at ${SIZE} MiB (clone and pack included)"
