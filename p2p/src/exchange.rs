@@ -72,6 +72,8 @@ const IDLE: Duration = Duration::from_secs(120);
 const STORE_QUEUE: usize = 8;
 /// Shortest time between two `HaveMore` updates on one stream.
 const HAVE_EVERY: Duration = Duration::from_millis(20);
+/// Most wanted blocks a server reads in one go.
+const READ_AHEAD: usize = 4;
 /// How often a fetch looks for new sources and stalls.
 const TICK: Duration = Duration::from_millis(200);
 
@@ -477,6 +479,8 @@ impl Exchange {
         };
         let writer = async {
             let mut last_have = Instant::now();
+            // Blocks read and not sent yet.
+            let mut ready: VecDeque<(u32, ReadBlock)> = VecDeque::new();
             // Blocks arrived here that the asker has not been told of.
             let mut dirty = false;
             loop {
@@ -503,39 +507,72 @@ impl Exchange {
                         .await?;
                     }
                 }
-                let next = {
-                    let mut q = queue.0.lock().unwrap_or_else(|p| p.into_inner());
-                    if q.closed {
-                        return Ok::<(), ExchangeError>(());
-                    }
-                    q.wants.pop_front()
-                };
-                let Some(index) = next else {
-                    tokio::select! {
-                        _ = queue.1.notified() => {}
-                        changed = changes.changed(), if !dirty => {
-                            if changed.is_err() { return Ok(()); }
-                            dirty = true;
+                // Wanted blocks are read a few at a time, in one blocking
+                // call (its wake-ups cost more than the reads on a busy
+                // machine), and sent one frame each.
+                if ready.is_empty() {
+                    let batch: Vec<u32> = {
+                        let mut q = queue.0.lock().unwrap_or_else(|p| p.into_inner());
+                        if q.closed {
+                            return Ok::<(), ExchangeError>(());
                         }
-                        _ = tokio::time::sleep_until((last_have + HAVE_EVERY).into()), if dirty => {}
-                        _ = tokio::time::sleep(IDLE) => return Ok(()),
+                        let k = q.wants.len().min(READ_AHEAD);
+                        let batch: Vec<u32> = q.wants.drain(..k).collect();
+                        q.taken.extend(&batch);
+                        batch
+                    };
+                    if batch.is_empty() {
+                        tokio::select! {
+                            _ = queue.1.notified() => {}
+                            changed = changes.changed(), if !dirty => {
+                                if changed.is_err() { return Ok(()); }
+                                dirty = true;
+                            }
+                            _ = tokio::time::sleep_until((last_have + HAVE_EVERY).into()), if dirty => {}
+                            _ = tokio::time::sleep(IDLE) => return Ok(()),
+                        }
+                        continue;
                     }
-                    continue;
-                };
-                let i = index as usize;
-                if !held.has(i) {
-                    write_frame(&mut wr, &Frame::DontHave { index }).await?;
-                    continue;
-                }
-                let hash = held.manifest.hash(i);
-                let store = self.store.clone();
-                let data = tokio::task::spawn_blocking(move || store.read_raw(&hash))
+                    let wanted: Vec<(u32, Option<Hash>)> = batch
+                        .into_iter()
+                        .map(|index| {
+                            let i = index as usize;
+                            (index, held.has(i).then(|| held.manifest.hash(i)))
+                        })
+                        .collect();
+                    let store = self.store.clone();
+                    ready = tokio::task::spawn_blocking(move || {
+                        wanted
+                            .into_iter()
+                            .map(|(index, hash)| (index, hash.map(|h| store.read_raw(&h))))
+                            .collect()
+                    })
                     .await
                     .map_err(|e| ExchangeError::Protocol(e.to_string()))?;
-                let Ok(data) = data else {
-                    held.mark(i, false);
-                    write_frame(&mut wr, &Frame::DontHave { index }).await?;
+                }
+                let Some((index, data)) = ready.pop_front() else {
                     continue;
+                };
+                let cancelled = {
+                    let mut q = queue.0.lock().unwrap_or_else(|p| p.into_inner());
+                    q.taken.remove(&index);
+                    q.cancelled.remove(&index)
+                };
+                if cancelled {
+                    continue;
+                }
+                let data = match data {
+                    Some(Ok(data)) => data,
+                    Some(Err(_)) => {
+                        // Gone from the store since: stop offering it.
+                        held.mark(index as usize, false);
+                        write_frame(&mut wr, &Frame::DontHave { index }).await?;
+                        continue;
+                    }
+                    None => {
+                        write_frame(&mut wr, &Frame::DontHave { index }).await?;
+                        continue;
+                    }
                 };
                 self.limiter.take(data.len()).await;
                 let len = data.len() as u64;
@@ -687,9 +724,16 @@ impl Exchange {
     }
 }
 
+/// A wanted block as read by a server: `None` if it does not hold it.
+type ReadBlock = Option<Result<Vec<u8>, BlockError>>;
+
 #[derive(Default)]
 struct WantQueue {
     wants: VecDeque<u32>,
+    /// Taken from `wants` to be sent (read ahead), and of those, the ones
+    /// the asker has cancelled since.
+    taken: HashSet<u32>,
+    cancelled: HashSet<u32>,
     closed: bool,
 }
 
@@ -721,6 +765,8 @@ async fn read_wants<R: AsyncRead + Unpin>(
                 Frame::Cancel { blocks } => {
                     let gone: HashSet<u32> = blocks.into_iter().take(MAX_LIST).collect();
                     q.wants.retain(|b| !gone.contains(b));
+                    let late: Vec<u32> = gone.into_iter().filter(|b| q.taken.contains(b)).collect();
+                    q.cancelled.extend(late);
                 }
                 other => return Err(ExchangeError::Protocol(format!("unexpected {other:?}"))),
             }
@@ -1325,25 +1371,40 @@ async fn session(
             }
         };
         let storer = async {
-            while let Some((index, data, landed)) = put_rx.recv().await {
-                let hash = manifest.hash(index as usize);
-                let (store, sink) = (ex.store.clone(), sink.clone());
+            while let Some(first) = put_rx.recv().await {
+                // What queued meanwhile is checked and stored in the same
+                // blocking call.
+                let mut batch = vec![first];
+                while let Ok(more) = put_rx.try_recv() {
+                    batch.push(more);
+                }
+                let (store, sink, manifest) = (ex.store.clone(), sink.clone(), manifest.clone());
                 let stored = tokio::task::spawn_blocking(move || {
-                    let stored = store.put(&hash, &data);
-                    if let (Ok(_), Some(sink)) = (&stored, sink) {
-                        sink.block(index as usize, &data);
+                    let mut out = Vec::with_capacity(batch.len());
+                    for (index, data, landed) in batch {
+                        let stored = store.put(&manifest.hash(index as usize), &data);
+                        if let (Ok(_), Some(sink)) = (&stored, &sink) {
+                            sink.block(index as usize, &data);
+                        }
+                        let failed = stored.is_err();
+                        out.push((index, landed, stored));
+                        if failed {
+                            break;
+                        }
                     }
-                    stored
+                    out
                 })
                 .await
                 .map_err(|e| ExchangeError::Protocol(e.to_string()))?;
-                match stored {
-                    Ok(new) => send(Event::Stored { index, new, landed }).await,
-                    Err(BlockError::Corrupt(_)) => {
-                        send(Event::Bad(index)).await;
-                        return Ok(());
+                for (index, landed, stored) in stored {
+                    match stored {
+                        Ok(new) => send(Event::Stored { index, new, landed }).await,
+                        Err(BlockError::Corrupt(_)) => {
+                            send(Event::Bad(index)).await;
+                            return Ok(());
+                        }
+                        Err(e) => return Err(e.into()),
                     }
-                    Err(e) => return Err(e.into()),
                 }
             }
             Ok(())

@@ -12,7 +12,8 @@
 # Env: SKIP_BASELINES=1 runs shoal only; SMALL_MB (20) is the size of a
 # first, small run whose peak RSS is compared with the big one's; API_HOST
 # (0) is the host whose peer takes the deployment and is polled; SHOAL_LOG
-# (info) is the peers' log filter (their logs are kept in $LOGS).
+# (info) is the peers' log filter (their logs are kept in $LOGS); SHOAL_BIN
+# runs that binary instead of building one.
 # Needs root (namespaces, tc, iptables); installs its packages with apt.
 # Cleans up its namespaces, processes and files on any exit.
 set -euo pipefail
@@ -37,8 +38,12 @@ PIDS=()
 for c in iperf3 nginx aria2c mktorrent iptables; do
   command -v "$c" >/dev/null || { "$NB" deps >/dev/null; break; }
 done
-cargo build --release --quiet -p node --bin shoal
-SHOAL=$ROOT/target/release/shoal
+if [ -n "${SHOAL_BIN:-}" ]; then
+  SHOAL=$SHOAL_BIN # a binary built beforehand (to compare two builds)
+else
+  cargo build --release --quiet -p node --bin shoal
+  SHOAL=$ROOT/target/release/shoal
+fi
 
 ns() { echo "$NB_PREFIX-h$1"; }
 hip() { echo "$NB_NET.$(($1 + 1))"; }
