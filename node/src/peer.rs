@@ -21,6 +21,9 @@ use tracing::{info, warn};
 
 /// Pending nudges to the build worker; more are pointless.
 const WAKE_BUFFER: usize = 16;
+/// How long the tasks of a stopping peer (and then its mesh) get to finish
+/// before it exits anyway.
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Reads a secret-ish file, or creates it with `make` (mode 0600).
 fn load_or_create(path: &Path, make: impl FnOnce() -> String) -> anyhow::Result<(String, bool)> {
@@ -249,8 +252,14 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     std::fs::rename(&tmp, data.join("endpoints.json"))?;
 
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(exchange.clone().serve(shutdown_rx.clone()));
-    tasks.spawn(
+    let mut names = std::collections::HashMap::new();
+    names.insert(
+        tasks
+            .spawn(exchange.clone().serve(shutdown_rx.clone()))
+            .id(),
+        "block exchange",
+    );
+    let id = tasks.spawn(
         crate::distribute::Distributor::new(
             shared.clone(),
             exchange,
@@ -264,7 +273,8 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         )
         .run(shutdown_rx.clone()),
     );
-    tasks.spawn(
+    names.insert(id.id(), "distributor");
+    let id = tasks.spawn(
         crate::poll::Poller::new(
             backend.clone(),
             shared.clone(),
@@ -273,9 +283,10 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         )
         .run(shutdown_rx.clone()),
     );
+    names.insert(id.id(), "poller");
     let worker =
         tokio::spawn(Worker::new(shared, cfg.max_builds, wake_rx, synced).run(drain_rx.clone()));
-    tasks.spawn(crate::load::report(
+    let id = tasks.spawn(crate::load::report(
         info_tx,
         active_builds,
         cfg.max_builds,
@@ -283,9 +294,13 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         drain_rx,
         shutdown_rx.clone(),
     ));
-    for (listener, app) in [(ui_listener, ui), (sites_listener, sites_app)] {
+    names.insert(id.id(), "load report");
+    for (listener, app, task) in [
+        (ui_listener, ui, "UI server"),
+        (sites_listener, sites_app, "sites server"),
+    ] {
         let mut stop = shutdown_rx.clone();
-        tasks.spawn(async move {
+        let id = tasks.spawn(async move {
             let stop = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
@@ -293,6 +308,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
                 warn!(error = %err, "HTTP server stopped");
             }
         });
+        names.insert(id.id(), task);
     }
     backend.ready.store(true, Ordering::Relaxed);
     info!(peer = %peer_id, name = %name, ui = %format!("http://{ui_addr}/"), sites = %sites_addr, domain = %backend.site_domain, "shoal peer ready");
@@ -311,8 +327,21 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     info!("shutting down");
     let _ = std::fs::remove_file(data.join("endpoints.json"));
     let _ = shutdown_tx.send(true);
-    while tasks.join_next().await.is_some() {}
-    mesh.join().await;
+    // Every task stops on its own; a stop that hangs must not keep the
+    // process alive (the state is flushed below either way).
+    let stopped = tokio::time::timeout(STOP_WAIT, async {
+        while let Some(done) = tasks.join_next_with_id().await {
+            names.remove(&done.map_or_else(|e| e.id(), |(id, ())| id));
+        }
+    })
+    .await;
+    if stopped.is_err() {
+        let running: Vec<&str> = names.values().copied().collect();
+        warn!(?running, wait = ?STOP_WAIT, "tasks did not stop in time; exiting anyway");
+    }
+    if tokio::time::timeout(STOP_WAIT, mesh.join()).await.is_err() {
+        warn!(wait = ?STOP_WAIT, "the mesh did not stop in time; exiting anyway");
+    }
     state.flush().await?;
     info!("stopped");
     Ok(())

@@ -247,7 +247,19 @@ impl Peer {
                 nix::sys::signal::Signal::SIGKILL
             };
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig)?;
-            let status = child.wait()?;
+            // A peer that does not exit is a failure, not a hung test.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let status = loop {
+                if let Some(status) = child.try_wait()? {
+                    break status;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    bail!("peer did not exit within 60 s of {sig}\n{}", self.log());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
             if graceful && !status.success() {
                 bail!("peer exited with {status} after SIGTERM\n{}", self.log());
             }
