@@ -11,7 +11,8 @@
 #
 # Env: SKIP_BASELINES=1 runs shoal only; SMALL_MB (20) is the size of a
 # first, small run whose peak RSS is compared with the big one's; API_HOST
-# (0) is the host whose peer takes the deployment and is polled; SHOAL_LOG
+# (0) is the host whose peer takes the deployment and is polled; BOOT_HOST
+# (0) the one every other peer bootstraps from; SHOAL_LOG
 # (info) is the peers' log filter (their logs are kept in $LOGS); SHOAL_BIN
 # runs that binary instead of building one.
 # Needs root (namespaces, tc, iptables); installs its packages with apt.
@@ -24,8 +25,10 @@ SIZE=${2:-200}
 RATE=${3:-100mbit}
 DELAY=${4:-10ms}
 SMALL=${SMALL_MB:-20}
-# The peer the script deploys on and polls (h0 is also everyone's bootstrap).
+# The peer the script deploys on and polls.
 API=${API_HOST:-0}
+# The peer every other one bootstraps from.
+BOOT=${BOOT_HOST:-0}
 export NB_PREFIX=${NB_PREFIX:-shb}
 export NB_NET=${NB_NET:-10.78.0}
 NB=$ROOT/scripts/bench/netbench/netbench.sh
@@ -108,7 +111,7 @@ run_shoal() { # SIZE_MB -> prints key=value lines
   repo=$(make_repo "$size")
   for ((k = 0; k < N; k++)); do
     local boot=()
-    [ "$k" -gt 0 ] && boot=(--bootstrap "/ip4/$(hip 0)/tcp/9000")
+    [ "$k" != "$BOOT" ] && boot=(--bootstrap "/ip4/$(hip "$BOOT")/tcp/9000")
     mkdir -p "$W/d$k"
     ip netns exec "$(ns "$k")" env SHOAL_ADMIN_TOKEN=bench SHOAL_LOG=${SHOAL_LOG:-info} "$SHOAL" node \
       --data "$W/d$k" --name "h$k" --listen "$(hip "$k")" --http-port 8080 --sites-port 8000 \
