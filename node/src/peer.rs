@@ -12,6 +12,7 @@ use crate::worker::{Shared, Worker};
 use anyhow::Context;
 use p2p::members::LocalInfo;
 use p2p::mesh::Mesh;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,6 +25,17 @@ const WAKE_BUFFER: usize = 16;
 /// How long the tasks of a stopping peer (and then its mesh) get to finish
 /// before it exits anyway.
 const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Spawns one of the peer's long-running tasks, under a name to report if
+/// it does not stop.
+fn spawn_named(
+    tasks: &mut tokio::task::JoinSet<()>,
+    names: &mut HashMap<tokio::task::Id, &'static str>,
+    name: &'static str,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    names.insert(tasks.spawn(task).id(), name);
+}
 
 /// Reads a secret-ish file, or creates it with `make` (mode 0600).
 fn load_or_create(path: &Path, make: impl FnOnce() -> String) -> anyhow::Result<(String, bool)> {
@@ -252,14 +264,17 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     std::fs::rename(&tmp, data.join("endpoints.json"))?;
 
     let mut tasks = tokio::task::JoinSet::new();
-    let mut names = std::collections::HashMap::new();
-    names.insert(
-        tasks
-            .spawn(exchange.clone().serve(shutdown_rx.clone()))
-            .id(),
+    let mut names = HashMap::new();
+    spawn_named(
+        &mut tasks,
+        &mut names,
         "block exchange",
+        exchange.clone().serve(shutdown_rx.clone()),
     );
-    let id = tasks.spawn(
+    spawn_named(
+        &mut tasks,
+        &mut names,
+        "distributor",
         crate::distribute::Distributor::new(
             shared.clone(),
             exchange,
@@ -273,8 +288,10 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         )
         .run(shutdown_rx.clone()),
     );
-    names.insert(id.id(), "distributor");
-    let id = tasks.spawn(
+    spawn_named(
+        &mut tasks,
+        &mut names,
+        "poller",
         crate::poll::Poller::new(
             backend.clone(),
             shared.clone(),
@@ -283,24 +300,27 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         )
         .run(shutdown_rx.clone()),
     );
-    names.insert(id.id(), "poller");
     let worker =
         tokio::spawn(Worker::new(shared, cfg.max_builds, wake_rx, synced).run(drain_rx.clone()));
-    let id = tasks.spawn(crate::load::report(
-        info_tx,
-        active_builds,
-        cfg.max_builds,
-        data.clone(),
-        drain_rx,
-        shutdown_rx.clone(),
-    ));
-    names.insert(id.id(), "load report");
+    spawn_named(
+        &mut tasks,
+        &mut names,
+        "load report",
+        crate::load::report(
+            info_tx,
+            active_builds,
+            cfg.max_builds,
+            data.clone(),
+            drain_rx,
+            shutdown_rx.clone(),
+        ),
+    );
     for (listener, app, task) in [
         (ui_listener, ui, "UI server"),
         (sites_listener, sites_app, "sites server"),
     ] {
         let mut stop = shutdown_rx.clone();
-        let id = tasks.spawn(async move {
+        spawn_named(&mut tasks, &mut names, task, async move {
             let stop = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
@@ -308,7 +328,6 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
                 warn!(error = %err, "HTTP server stopped");
             }
         });
-        names.insert(id.id(), task);
     }
     backend.ready.store(true, Ordering::Relaxed);
     info!(peer = %peer_id, name = %name, ui = %format!("http://{ui_addr}/"), sites = %sites_addr, domain = %backend.site_domain, "shoal peer ready");

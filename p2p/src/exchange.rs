@@ -1223,10 +1223,10 @@ impl Driver {
             {
                 continue;
             }
-            if src.wanted.is_empty() {
-                src.last_data = Instant::now();
-            }
             let now = Instant::now();
+            if src.wanted.is_empty() {
+                src.last_data = now;
+            }
             for i in chosen {
                 src.wanted.insert(i, now);
                 self.inflight[i as usize] += 1;
