@@ -32,6 +32,8 @@ pub enum NetError {
     Address(String),
     #[error("libp2p: {0}")]
     Setup(String),
+    #[error("{0}: the port is in use by another process")]
+    PortInUse(Multiaddr),
 }
 
 /// How to run the network.
@@ -186,6 +188,40 @@ impl Client {
     }
 }
 
+/// Fails if another process listens on the TCP port of `listen`.
+///
+/// libp2p listens with `SO_REUSEPORT`, so a second peer started on a port
+/// that one already uses would bind without error and the kernel would
+/// split incoming connections between the two. A plain bind, without that
+/// option, fails in that case. Port 0 needs no check: the kernel never hands
+/// out a port in use.
+fn ensure_port_free(listen: &Multiaddr) -> Result<(), NetError> {
+    use libp2p::multiaddr::Protocol;
+    let mut ip = None;
+    let mut port = None;
+    for part in listen.iter() {
+        match part {
+            Protocol::Ip4(a) => ip = Some(std::net::IpAddr::V4(a)),
+            Protocol::Ip6(a) => ip = Some(std::net::IpAddr::V6(a)),
+            Protocol::Tcp(p) => port = Some(p),
+            _ => {}
+        }
+    }
+    let (Some(ip), Some(port)) = (ip, port) else {
+        return Ok(());
+    };
+    if port == 0 {
+        return Ok(());
+    }
+    match std::net::TcpListener::bind((ip, port)) {
+        Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => {
+            Err(NetError::PortInUse(listen.clone()))
+        }
+        // Anything else is for libp2p's own bind to report.
+        _ => Ok(()),
+    }
+}
+
 /// Starts the swarm task. It runs until `shutdown` turns true.
 pub fn spawn(
     cfg: NetConfig,
@@ -206,6 +242,7 @@ pub fn spawn(
             .subscribe(&IdentTopic::new(topic))
             .map_err(|e| NetError::Setup(e.to_string()))?;
     }
+    ensure_port_free(&cfg.listen)?;
     swarm
         .listen_on(cfg.listen.clone())
         .map_err(|e| NetError::Address(format!("{}: {e}", cfg.listen)))?;

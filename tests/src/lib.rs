@@ -1,6 +1,6 @@
-//! Test harness: start real `shoal` peers (temp data dirs, ports chosen by
-//! the OS), make real git repositories, and wait on conditions with
-//! deadlines instead of sleeping.
+//! Test harness: start real `shoal` peers (temp data dirs, HTTP ports chosen
+//! by the OS, p2p ports from [`p2p_port`]), make real git repositories, and
+//! wait on conditions with deadlines instead of sleeping.
 
 // A test harness fails loudly on purpose.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
@@ -46,6 +46,36 @@ pub fn raw_get(addr: &str, target: &str, host: &str) -> String {
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     out
+}
+
+/// A free TCP port on 127.0.0.1 for a peer's p2p listener, below the
+/// kernel's ephemeral range (32768 and up by default).
+///
+/// A peer keeps its p2p port across a restart, as a real one would. A port
+/// the OS handed out for `:0` could be handed to another socket while the
+/// peer is down, and libp2p listens with `SO_REUSEPORT`, so the restarted
+/// peer might share it with a stranger. Ports outside the ephemeral range
+/// are never handed out by the OS; this process hands each out once.
+pub fn p2p_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const LOW: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    // Test binaries run one after another; starting from the process id
+    // keeps a binary clear of ports a previous one may still hold.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        (std::process::id() % u32::from(SPAN)) as u16 + 1,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..SPAN {
+        let port = LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..{}", LOW + SPAN)
 }
 
 /// The `shoal` binary next to this test executable (built by `scripts/test.sh`).
@@ -143,7 +173,7 @@ impl Peer {
         .map(String::from)
         .to_vec();
         if !extra.contains(&"--p2p-port") {
-            args.extend(["--p2p-port".to_owned(), "0".to_owned()]);
+            args.extend(["--p2p-port".to_owned(), p2p_port().to_string()]);
         }
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let mut peer = Peer {

@@ -326,12 +326,7 @@ async fn the_same_deployment_submitted_on_two_peers_at_once_is_built_once() {
 #[tokio::test]
 async fn peers_that_start_in_any_order_find_each_other_by_name() {
     // A port nobody listens on yet: the joiner starts first and keeps trying.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-        .to_string();
+    let port = tests::p2p_port().to_string();
     let joiner = Peer::start(&["--bootstrap", &format!("/dns4/localhost/tcp/{port}")])
         .await
         .unwrap();
@@ -344,7 +339,7 @@ async fn peers_that_start_in_any_order_find_each_other_by_name() {
             || async { (peer.alive_peers().await == 2).then_some(()) },
         )
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{e}\njoiner:\n{}\nfirst:\n{}", joiner.log(), first.log()));
     }
 }
 
