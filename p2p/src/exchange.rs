@@ -12,8 +12,10 @@
 //! peers first) and one driver that decides which block to want from whom:
 //! rarest first among the sources' bitfields, then its own share of them
 //! (so fetchers drawing on one seed do not make it send a block twice),
-//! random among equals (so fetchers spread out and soon have something to
-//! give each other), with a window of bytes in flight per source, kept
+//! in a random order among equals (so fetchers spread out and soon have
+//! something to give each other; see [`crate::picker`], which makes a pick
+//! cost about what it picks, not the artifact's size), with a window of
+//! bytes in flight per source, kept
 //! full, that starts at [`WINDOW`] and grows
 //! only while the source answers in about a round trip (so a far, fast
 //! source gets its bandwidth-delay product and a busy one no queue of ours).
@@ -25,6 +27,7 @@
 //! needs first (the tail of a zip, say).
 
 use crate::blocks::{self, BlockError, BlockStore, Hash, Manifest};
+use crate::picker::{Ask, Picker};
 use futures_util::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures_util::StreamExt;
 use libp2p::{PeerId, StreamProtocol};
@@ -492,9 +495,18 @@ impl Exchange {
                     dirty = false;
                     last_have = Instant::now();
                     let now = held.bits();
-                    let fresh: Vec<u32> = (0..n)
-                        .filter(|i| bit(&now, *i) && !bit(&sent, *i))
-                        .map(|i| i as u32)
+                    // Compared a byte at a time: most bytes are unchanged.
+                    let fresh: Vec<u32> = now
+                        .iter()
+                        .zip(&sent)
+                        .enumerate()
+                        .filter(|(_, (a, b))| a != b)
+                        .flat_map(|(w, (a, b))| {
+                            let new = a & !b;
+                            (0..8)
+                                .filter(move |k| new & (1 << k) != 0)
+                                .map(move |k| (w * 8 + k) as u32)
+                        })
                         .collect();
                     sent = now;
                     for part in fresh.chunks(MAX_LIST) {
@@ -808,7 +820,6 @@ struct Source {
     waited: Duration,
     local: Duration,
     last_data: Instant,
-    seed: u64,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -826,8 +837,8 @@ struct Driver {
     n: usize,
     /// Requests out per block.
     inflight: Vec<u8>,
-    /// Sources that hold each block.
-    avail: Vec<u16>,
+    /// The blocks still needed, rarest first.
+    picker: Picker,
     sources: HashMap<PeerId, Source>,
     /// Peers to leave alone until then (no artifact yet, or failed).
     retry_at: HashMap<PeerId, (Instant, Duration)>,
@@ -847,6 +858,7 @@ impl Driver {
         sink: Option<Arc<dyn BlockSink>>,
     ) -> Self {
         let n = held.manifest.len();
+        let picker = Picker::new(n, |i| !held.has(i), rand::random());
         Self {
             ex,
             id,
@@ -854,7 +866,7 @@ impl Driver {
             candidates,
             n,
             inflight: vec![0; n],
-            avail: vec![0; n],
+            picker,
             sources: HashMap::new(),
             retry_at: HashMap::new(),
             providers: Providers::new(Duration::from_secs(10)),
@@ -882,6 +894,7 @@ impl Driver {
                     }
                 }
                 _ = tick.tick() => {
+                    self.resync();
                     self.adapt_windows();
                     self.check_stalls();
                     self.add_sources(&tx, client);
@@ -910,6 +923,19 @@ impl Driver {
             "all blocks here"
         );
         Ok(())
+    }
+
+    /// Brings the picker in line with the blocks held, which can change
+    /// besides this fetch (a stored block found corrupt is dropped, say).
+    fn resync(&mut self) {
+        let have = self.held.bits();
+        for i in 0..self.n {
+            match (bit(&have, i), self.picker.needed(i)) {
+                (true, true) => self.picker.arrived(i),
+                (false, false) => self.picker.needed_again(i),
+                _ => {}
+            }
+        }
     }
 
     fn bytes_held(&self) -> u64 {
@@ -966,7 +992,6 @@ impl Driver {
                     local: Duration::ZERO,
                     inflight_bytes: 0,
                     last_data: now,
-                    seed: rand::random(),
                     task,
                 },
             );
@@ -982,7 +1007,7 @@ impl Driver {
             if let Some(bits) = &src.bits {
                 for i in 0..self.n {
                     if bit(bits, i) {
-                        self.avail[i] = self.avail[i].saturating_sub(1);
+                        self.picker.lost(i);
                     }
                 }
             }
@@ -1043,7 +1068,7 @@ impl Driver {
                 }
                 for i in 0..self.n {
                     if bit(&bits, i) {
-                        self.avail[i] = self.avail[i].saturating_add(1);
+                        self.picker.gained(i);
                     }
                 }
                 if let Some(src) = self.sources.get_mut(&peer) {
@@ -1063,7 +1088,7 @@ impl Driver {
                     let i = i as usize;
                     if i < self.n && !bit(bits, i) {
                         set_bit(bits, i);
-                        self.avail[i] = self.avail[i].saturating_add(1);
+                        self.picker.gained(i);
                     }
                 }
             }
@@ -1092,6 +1117,7 @@ impl Driver {
                     self.held_bytes += size;
                 }
                 self.held.mark(i, true);
+                self.picker.arrived(i);
                 // Endgame: cancel the copies still coming from elsewhere.
                 if self.inflight[i] > 0 {
                     for src in self.sources.values_mut() {
@@ -1117,7 +1143,7 @@ impl Driver {
                     if let Some(bits) = src.bits.as_mut() {
                         if bit(bits, i) {
                             clear_bit(bits, i);
-                            self.avail[i] = self.avail[i].saturating_sub(1);
+                            self.picker.lost(i);
                         }
                     }
                 }
@@ -1137,9 +1163,9 @@ impl Driver {
     }
 
     /// Fills each source's window: rarest blocks first, this peer's share
-    /// of them first (see [`share`]), random among equals (each
-    /// source has its own order, so fetchers spread out); in the endgame,
-    /// blocks already asked of one other source.
+    /// of them first (see [`share`]); in the endgame, blocks already asked
+    /// of one other source. The blocks a [`BlockSink`] needs first go
+    /// before any other.
     fn dispatch(&mut self) {
         let hungry = self
             .sources
@@ -1148,10 +1174,10 @@ impl Driver {
         if !hungry {
             return;
         }
-        let have = self.held.bits();
-        let unrequested = (0..self.n)
-            .filter(|i| !bit(&have, *i) && self.inflight[*i] == 0 && self.avail[*i] > 0)
-            .count();
+        let endgame = {
+            let inflight = &self.inflight;
+            !self.picker.any_free(&|i| inflight[i] == 0)
+        };
         let urgent = self.sink.as_ref().map(|s| s.urgent()).unwrap_or_default();
         let peers: Vec<PeerId> = self.sources.keys().copied().collect();
         for peer in peers {
@@ -1165,46 +1191,50 @@ impl Driver {
                 continue;
             }
             let room = src.window - src.inflight_bytes;
-            let seed = src.seed;
-            let endgame = unrequested == 0;
-            let (rank, parts) = share(&self.ex.local, self.sources.keys(), &peer);
-            let mut picks: Vec<(bool, u16, bool, u64, usize)> = (0..self.n)
-                .filter(|i| {
-                    !bit(&have, *i)
-                        && bit(bits, *i)
-                        && if endgame {
-                            self.inflight[*i] == 1 && !src.wanted.contains_key(&(*i as u32))
-                        } else {
-                            self.inflight[*i] == 0
-                        }
-                })
-                .map(|i| {
-                    let mine = mix(i as u64) % parts == rank;
-                    (
-                        !urgent.contains(&i),
-                        self.avail[i],
-                        !mine,
-                        mix(i as u64 ^ seed),
-                        i,
-                    )
-                })
-                .collect();
-            if picks.is_empty() {
-                continue;
-            }
-            let k = if endgame {
+            let count = if endgame {
                 4
             } else {
                 (room / u64::from(blocks::AVG_CHUNK) + 1) as usize
             };
-            if picks.len() > k {
-                picks.select_nth_unstable(k);
-                picks.truncate(k);
+            let (rank, parts) = share(&self.ex.local, self.sources.keys(), &peer);
+            let inflight = &self.inflight;
+            let free = |i: usize| {
+                if endgame {
+                    inflight[i] == 1 && !src.wanted.contains_key(&(i as u32))
+                } else {
+                    inflight[i] == 0
+                }
+            };
+            let mut picks: Vec<usize> = urgent
+                .iter()
+                .copied()
+                .filter(|i| *i < self.n && self.picker.needed(*i) && bit(bits, *i) && free(*i))
+                .take(count)
+                .collect();
+            if picks.len() < count {
+                let more = if endgame {
+                    // Every missing block is in flight: few are left.
+                    self.picker
+                        .missing()
+                        .filter(|i| bit(bits, *i) && free(*i) && !picks.contains(i))
+                        .take(count - picks.len())
+                        .collect()
+                } else {
+                    self.picker.pick(&Ask {
+                        bits,
+                        mine: &|i| mix(i as u64) % parts == rank,
+                        free: &|i| free(i) && !picks.contains(&i),
+                        count: count - picks.len(),
+                    })
+                };
+                picks.extend(more);
             }
-            picks.sort_unstable();
+            if picks.is_empty() {
+                continue;
+            }
             let mut chosen = Vec::new();
             let mut bytes = 0;
-            for (_, _, _, _, i) in picks {
+            for i in picks {
                 if bytes >= room {
                     break;
                 }
@@ -1284,8 +1314,6 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// One source: opens the stream, forwards the driver's wants, checks and
-/// stores the blocks that come back.
 /// What every session of one fetch shares.
 #[derive(Clone)]
 struct Fetch {
@@ -1295,6 +1323,8 @@ struct Fetch {
     sink: Option<Arc<dyn BlockSink>>,
 }
 
+/// One source: opens the stream, forwards the driver's wants, checks and
+/// stores the blocks that come back.
 async fn session(
     fetch: Fetch,
     peer: PeerId,

@@ -14,6 +14,7 @@ pub mod hlc;
 pub mod members;
 pub mod mesh;
 pub mod net;
+mod picker;
 pub mod store;
 mod swarm;
 pub mod sync;

@@ -1,0 +1,105 @@
+//! Block exchange on loopback, CPU per GiB by artifact size: one seed and
+//! `fetchers` peers, all in this process, each fetching from all the others
+//! at once. Run by `scripts/bench/exchange.sh`.
+//!
+//! Usage: exchange_bench SIZE_MIB [FETCHERS]. Prints one line of figures.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use libp2p::identity::Keypair;
+use libp2p::PeerId;
+use p2p::blocks::BlockStore;
+use p2p::exchange::{Candidates, Exchange, Progress};
+use p2p::net::{self, NetConfig};
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::watch;
+
+/// CPU-seconds this process has used (user + system), from /proc.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the command name (which is in parentheses).
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let mib: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(256);
+    let fetchers: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(3);
+    let dir = tempfile::tempdir().unwrap();
+    let (_stop, shutdown) = watch::channel(false);
+
+    let mut nodes = Vec::new();
+    let mut boot = Vec::new();
+    for k in 0..=fetchers {
+        let cfg = NetConfig {
+            keypair: Keypair::generate_ed25519(),
+            listen: net::tcp_listen_addr("127.0.0.1".parse().unwrap(), 0),
+            bootstrap: boot.clone(),
+            psk: None,
+        };
+        let (client, events, _task) = net::spawn(cfg, shutdown.clone()).unwrap();
+        client.listening().await.unwrap();
+        if boot.is_empty() {
+            boot = client.listen_addrs();
+        }
+        let store = Arc::new(BlockStore::open(&dir.path().join(format!("n{k}"))).unwrap());
+        let ex = Exchange::new(store, &client, 0);
+        tokio::spawn(ex.clone().serve(shutdown.clone()));
+        nodes.push((client, ex, events));
+    }
+    let peers: Vec<PeerId> = nodes.iter().map(|n| n.0.local_peer_id()).collect();
+
+    // An incompressible artifact (xorshift), written in 1 MiB pieces.
+    let path = dir.path().join("artifact");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut buf = vec![0u8; 1 << 20];
+    for _ in 0..mib {
+        for chunk in buf.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+        }
+        file.write_all(&buf).unwrap();
+    }
+    file.into_inner().unwrap().sync_all().unwrap();
+    let (id, manifest) = nodes[0].1.store.import(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+
+    let cpu0 = cpu_seconds();
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for (k, (client, ex, _)) in nodes.iter().enumerate().skip(1) {
+        let others: Vec<PeerId> = peers
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != k)
+            .map(|(_, p)| *p)
+            .collect();
+        let candidates: Candidates = Arc::new(move || others.clone());
+        let (client, ex) = (client.clone(), ex.clone());
+        tasks.push(tokio::spawn(async move {
+            let (tx, _rx) = watch::channel(Progress::default());
+            ex.fetch(id, candidates, client, tx, None).await.unwrap();
+            t0.elapsed().as_secs_f64()
+        }));
+    }
+    let mut last: f64 = 0.0;
+    for t in tasks {
+        last = last.max(t.await.unwrap());
+    }
+    let cpu = cpu_seconds() - cpu0;
+    let gib = (manifest.size as f64) / f64::from(1u32 << 30);
+    println!(
+        "size={mib}MiB blocks={} fetchers={fetchers} secs={last:.2} MB/s-per-fetcher={:.0} cpu_s={cpu:.2} cpu_s_per_GiB_fetched={:.2}",
+        manifest.len(),
+        manifest.size as f64 / last / 1e6,
+        cpu / (gib * fetchers as f64),
+    );
+}
