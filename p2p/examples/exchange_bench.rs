@@ -2,7 +2,8 @@
 //! `fetchers` peers, all in this process, each fetching from all the others
 //! at once. Run by `scripts/bench/exchange.sh`.
 //!
-//! Usage: exchange_bench SIZE_MIB [FETCHERS]. Prints one line of figures.
+//! Usage: exchange_bench SIZE_MIB [FETCHERS]. Prints one line of figures,
+//! among them the process's peak RSS (all peers together).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use libp2p::identity::Keypair;
@@ -23,6 +24,18 @@ fn cpu_seconds() -> f64 {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
     ticks / 100.0
+}
+
+/// Peak resident memory of this process, in MiB, from /proc.
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
 }
 
 #[tokio::main]
@@ -97,9 +110,10 @@ async fn main() {
     let cpu = cpu_seconds() - cpu0;
     let gib = (manifest.size as f64) / f64::from(1u32 << 30);
     println!(
-        "size={mib}MiB blocks={} fetchers={fetchers} secs={last:.2} MB/s-per-fetcher={:.0} cpu_s={cpu:.2} cpu_s_per_GiB_fetched={:.2}",
+        "size={mib}MiB blocks={} fetchers={fetchers} secs={last:.2} MB/s-per-fetcher={:.0} cpu_s={cpu:.2} cpu_s_per_GiB_fetched={:.2} peak_rss_MiB={:.0}",
         manifest.len(),
         manifest.size as f64 / last / 1e6,
         cpu / (gib * fetchers as f64),
+        peak_rss_mib(),
     );
 }

@@ -858,7 +858,8 @@ impl Driver {
         sink: Option<Arc<dyn BlockSink>>,
     ) -> Self {
         let n = held.manifest.len();
-        let picker = Picker::new(n, |i| !held.has(i), rand::random());
+        let have = held.bits();
+        let picker = Picker::new(n, |i| !bit(&have, i), rand::random());
         Self {
             ex,
             id,

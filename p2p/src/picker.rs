@@ -16,6 +16,9 @@
 const GROUPS: usize = 16;
 /// Entries a pick walks before it turns to the source's bitmap.
 const WALK: usize = 4096;
+/// Entries of one group a pick walks for its own share once it has enough
+/// others' (its share may be all asked for already).
+const SHARE_WALK: usize = 1024;
 const NOWHERE: u32 = u32::MAX;
 
 pub(crate) struct Picker {
@@ -170,7 +173,8 @@ impl Picker {
     }
 
     /// Up to `ask.count` blocks to ask the source for: the rarest first and,
-    /// among equally rare ones, this fetcher's share first.
+    /// among equally rare ones, this fetcher's share first (looked for among
+    /// the first [`SHARE_WALK`] of them).
     pub(crate) fn pick(&self, ask: &Ask<'_>) -> Vec<usize> {
         let mut out = Vec::with_capacity(ask.count);
         let mut walked = 0;
@@ -178,7 +182,10 @@ impl Picker {
             let group = &self.order[self.start[g] as usize..self.start[g + 1] as usize];
             let (mut mine, mut other) = (Vec::new(), Vec::new());
             let want = ask.count - out.len();
-            for &i in group {
+            for (k, &i) in group.iter().enumerate() {
+                if other.len() == want && k >= SHARE_WALK {
+                    break;
+                }
                 walked += 1;
                 if walked > WALK {
                     return self.pick_by_bits(ask);
@@ -332,6 +339,16 @@ mod tests {
         });
         assert_eq!(picks.len(), 8);
         assert!(picks.iter().all(|i| mine(*i)));
+
+        // With none of its share left, others' blocks, after a bounded walk.
+        let none = |_: usize| false;
+        let picks = p.pick(&Ask {
+            bits: &seed,
+            mine: &none,
+            free: &free,
+            count: 8,
+        });
+        assert_eq!(picks.len(), 8);
 
         // A source holding one block, far down the order.
         let mut sparse = vec![0u8; n / 8];
