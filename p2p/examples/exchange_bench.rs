@@ -2,7 +2,10 @@
 //! `fetchers` peers, all in this process, each fetching from all the others
 //! at once. Run by `scripts/bench/exchange.sh`.
 //!
-//! Usage: exchange_bench SIZE_MIB [FETCHERS]. Prints one line of figures,
+//! Usage: exchange_bench SIZE_MIB [FETCHERS] [DIR]. The seed's store is in
+//! TMPDIR; the artifact (deleted once the seed holds it) and the fetchers'
+//! stores are in DIR if given (another file system, for artifacts larger
+//! than one can hold), else in TMPDIR too. Prints one line of figures,
 //! among them the process's peak RSS (all peers together).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -44,6 +47,10 @@ async fn main() {
     let mib: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(256);
     let fetchers: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(3);
     let dir = tempfile::tempdir().unwrap();
+    let far = match args.get(3) {
+        Some(d) => tempfile::tempdir_in(d).unwrap(),
+        None => tempfile::tempdir().unwrap(),
+    };
     let (_stop, shutdown) = watch::channel(false);
 
     let mut nodes = Vec::new();
@@ -60,7 +67,8 @@ async fn main() {
         if boot.is_empty() {
             boot = client.listen_addrs();
         }
-        let store = Arc::new(BlockStore::open(&dir.path().join(format!("n{k}"))).unwrap());
+        let root = if k == 0 { dir.path() } else { far.path() };
+        let store = Arc::new(BlockStore::open(&root.join(format!("n{k}"))).unwrap());
         let ex = Exchange::new(store, &client, 0);
         tokio::spawn(ex.clone().serve(shutdown.clone()));
         nodes.push((client, ex, events));
@@ -68,7 +76,7 @@ async fn main() {
     let peers: Vec<PeerId> = nodes.iter().map(|n| n.0.local_peer_id()).collect();
 
     // An incompressible artifact (xorshift), written in 1 MiB pieces.
-    let path = dir.path().join("artifact");
+    let path = far.path().join("artifact");
     let mut file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut buf = vec![0u8; 1 << 20];
