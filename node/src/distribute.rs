@@ -18,7 +18,7 @@ use crate::site::UnpackLimits;
 use crate::state::Level;
 use crate::worker::Shared;
 use p2p::blocks::{self, Hash};
-use p2p::exchange::{Candidates, Exchange, Progress};
+use p2p::exchange::{Candidate, Candidates, Exchange, Progress};
 use p2p::members::PeerView;
 use p2p::PeerId;
 use std::collections::{HashMap, HashSet};
@@ -37,6 +37,11 @@ const TICK: Duration = Duration::from_secs(1);
 const REPORT: Duration = Duration::from_secs(1);
 /// How long a peer waits before trying again an artifact it failed to take.
 const RETRY_FAILED_MS: u64 = 30_000;
+/// How long a peer just started waits, at most, to hear from a peer of its
+/// region that holds a whole copy (by the replicated state) before it
+/// fetches that deployment from whoever it has heard from: until then its
+/// view may hold only the peer it joined through, near or far.
+const WARM_UP: Duration = Duration::from_secs(10);
 
 pub struct DistributeSettings {
     /// How long a built deployment may take to reach every live peer.
@@ -57,6 +62,7 @@ pub struct Distributor {
     fetching: HashMap<String, tokio::task::AbortHandle>,
     tasks: JoinSet<String>,
     last_gc: Instant,
+    started: Instant,
 }
 
 impl Distributor {
@@ -76,6 +82,7 @@ impl Distributor {
             fetching: HashMap::new(),
             tasks: JoinSet::new(),
             last_gc: Instant::now(),
+            started: Instant::now(),
         }
     }
 
@@ -157,6 +164,9 @@ impl Distributor {
                 self.lost_here(rec);
                 continue;
             }
+            if self.started.elapsed() < WARM_UP && self.near_copy_unheard(&rec.id, &alive) {
+                continue;
+            }
             self.spawn_fetch(rec.clone(), id);
         }
         // Fetches of deployments no longer wanted (failed, requeued, superseded).
@@ -171,6 +181,27 @@ impl Distributor {
             self.switch(name, id);
         }
         Ok(())
+    }
+
+    /// Whether no peer of this region has been heard from, though one of
+    /// them holds a whole copy of `deployment` by the replicated state.
+    fn near_copy_unheard(&self, deployment: &str, alive: &[PeerView]) -> bool {
+        let region = self.shared.info.borrow().region.clone();
+        if alive.iter().any(|p| !p.is_self && p.region == region) {
+            return false;
+        }
+        let me = &self.shared.state.peer;
+        self.shared
+            .state
+            .replicas(deployment)
+            .unwrap_or_default()
+            .iter()
+            .any(|r| {
+                r.state == ReplicaState::Complete
+                    && r.peer != *me
+                    && !alive.iter().any(|p| p.id == r.peer)
+                    && self.shared.members.region_of(&r.peer).as_deref() == Some(region.as_str())
+            })
     }
 
     /// Serves deployment `id` as site `name` from now on, if it is unpacked here.
@@ -556,7 +587,7 @@ fn replica_row(
 }
 
 /// Where to look for the blocks of `deployment`, best first.
-fn sources(shared: &Shared, deployment: &str) -> Vec<PeerId> {
+fn sources(shared: &Shared, deployment: &str) -> Vec<Candidate> {
     let region = shared.info.borrow().region.clone();
     let replicas = shared.state.replicas(deployment).unwrap_or_default();
     rank_sources(&shared.live_peers(), &replicas, &region)
@@ -565,8 +596,9 @@ fn sources(shared: &Shared, deployment: &str) -> Vec<PeerId> {
 /// Live peers other than this one, best source first: peers in `region`
 /// before others, and among those the ones holding a whole copy, then the
 /// ones fetching, then the rest; random among equals, so that fetchers do
-/// not all start with the same peer.
-fn rank_sources(view: &[PeerView], replicas: &[DeploymentFile], region: &str) -> Vec<PeerId> {
+/// not all start with the same peer. Peers in another region are marked
+/// far: the exchange asks them only for what no peer nearby holds.
+fn rank_sources(view: &[PeerView], replicas: &[DeploymentFile], region: &str) -> Vec<Candidate> {
     let mut ranked: Vec<(u8, u8, u64, PeerId)> = view
         .iter()
         .filter(|p| p.alive && !p.is_self)
@@ -582,7 +614,13 @@ fn rank_sources(view: &[PeerView], replicas: &[DeploymentFile], region: &str) ->
         })
         .collect();
     ranked.sort();
-    ranked.into_iter().map(|(_, _, _, id)| id).collect()
+    ranked
+        .into_iter()
+        .map(|(away, _, _, peer)| Candidate {
+            peer,
+            far: away == 1,
+        })
+        .collect()
 }
 
 /// An assembler to unpack `rec`'s artifact while it is fetched, once its
@@ -834,11 +872,28 @@ mod tests {
             replica(&ids[4], ReplicaState::Complete),
             replica(&ids[5], ReplicaState::Complete),
         ];
+        let near = |k: usize| Candidate {
+            peer: ids[k],
+            far: false,
+        };
+        let far = Candidate {
+            peer: ids[1],
+            far: true,
+        };
         for _ in 0..10 {
             assert_eq!(
                 rank_sources(&view, &replicas, "eu"),
-                vec![ids[4], ids[3], ids[2], ids[1]]
+                vec![near(4), near(3), near(2), far]
             );
         }
+        // With no region set anywhere, nobody is far.
+        let flat: Vec<PeerView> = view
+            .iter()
+            .map(|p| PeerView {
+                region: String::new(),
+                ..p.clone()
+            })
+            .collect();
+        assert!(rank_sources(&flat, &replicas, "").iter().all(|c| !c.far));
     }
 }

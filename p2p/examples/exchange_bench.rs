@@ -12,7 +12,7 @@
 use libp2p::identity::Keypair;
 use libp2p::PeerId;
 use p2p::blocks::BlockStore;
-use p2p::exchange::{Candidates, Exchange, Progress};
+use p2p::exchange::{Candidate, Candidates, Exchange, Progress};
 use p2p::net::{self, NetConfig};
 use std::io::Write;
 use std::sync::Arc;
@@ -97,11 +97,11 @@ async fn main() {
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for (k, (client, ex, _)) in nodes.iter().enumerate().skip(1) {
-        let others: Vec<PeerId> = peers
+        let others: Vec<Candidate> = peers
             .iter()
             .enumerate()
             .filter(|(j, _)| *j != k)
-            .map(|(_, p)| *p)
+            .map(|(_, p)| Candidate::near(*p))
             .collect();
         let candidates: Candidates = Arc::new(move || others.clone());
         let (client, ex) = (client.clone(), ex.clone());

@@ -310,9 +310,25 @@ pub struct Progress {
     pub sources: usize,
 }
 
+/// A peer a fetch may draw on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    pub peer: PeerId,
+    /// Elsewhere (another region): asked only for blocks that no source
+    /// nearby holds, and only once every source nearby has said what it
+    /// holds, so what is at hand never crosses the far link.
+    pub far: bool,
+}
+
+impl Candidate {
+    pub fn near(peer: PeerId) -> Self {
+        Self { peer, far: false }
+    }
+}
+
 /// Where a fetch may look for sources, best first (asked again every tick,
 /// so peers that appear later are used too).
-pub type Candidates = Arc<dyn Fn() -> Vec<PeerId> + Send + Sync>;
+pub type Candidates = Arc<dyn Fn() -> Vec<Candidate> + Send + Sync>;
 
 /// The Kademlia providers of one artifact, looked up in the background
 /// every so often: beside the candidates, never in front of them (they
@@ -678,7 +694,10 @@ impl Exchange {
     ) -> Result<Arc<Held>, ExchangeError> {
         let mut providers = Providers::new(Duration::from_secs(5));
         loop {
-            let mut peers = candidates();
+            // Near peers first: the manifest is small, but why cross.
+            let mut listed = candidates();
+            listed.sort_by_key(|c| c.far);
+            let mut peers: Vec<PeerId> = listed.into_iter().map(|c| c.peer).collect();
             peers.extend(providers.get(client, id));
             let mut seen = HashSet::new();
             peers.retain(|p| *p != self.local && seen.insert(*p) && !self.is_banned(p));
@@ -807,6 +826,8 @@ enum Event {
 struct Source {
     token: u64,
     cmds: mpsc::Sender<Frame>,
+    /// In another region (see [`Candidate::far`]).
+    far: bool,
     bits: Option<Vec<u8>>,
     /// Blocks asked of this source, and when.
     wanted: HashMap<u32, Instant>,
@@ -839,6 +860,8 @@ struct Driver {
     inflight: Vec<u8>,
     /// The blocks still needed, rarest first.
     picker: Picker,
+    /// Per block, how many near sources hold it (see [`Candidate::far`]).
+    near: Vec<u8>,
     sources: HashMap<PeerId, Source>,
     /// Peers to leave alone until then (no artifact yet, or failed).
     retry_at: HashMap<PeerId, (Instant, Duration)>,
@@ -868,6 +891,7 @@ impl Driver {
             n,
             inflight: vec![0; n],
             picker,
+            near: vec![0; n],
             sources: HashMap::new(),
             retry_at: HashMap::new(),
             providers: Providers::new(Duration::from_secs(10)),
@@ -957,8 +981,15 @@ impl Driver {
         }
         let now = Instant::now();
         let mut peers = (self.candidates)();
-        peers.extend(self.providers.get(client, &self.id));
-        for peer in peers {
+        // Providers found through Kademlia but not among the candidates are
+        // of no known region: taken as near.
+        peers.extend(
+            self.providers
+                .get(client, &self.id)
+                .into_iter()
+                .map(Candidate::near),
+        );
+        for Candidate { peer, far } in peers {
             if self.sources.len() >= MAX_SOURCES {
                 break;
             }
@@ -984,6 +1015,7 @@ impl Driver {
                 Source {
                     token,
                     cmds,
+                    far,
                     bits: None,
                     wanted: HashMap::new(),
                     window: WINDOW,
@@ -1009,6 +1041,9 @@ impl Driver {
                 for i in 0..self.n {
                     if bit(bits, i) {
                         self.picker.lost(i);
+                        if !src.far {
+                            self.near[i] = self.near[i].saturating_sub(1);
+                        }
                     }
                 }
             }
@@ -1067,15 +1102,30 @@ impl Driver {
                     self.drop_source(&peer, Duration::from_secs(5));
                     return;
                 }
+                let Some(src) = self.sources.get_mut(&peer) else {
+                    return;
+                };
+                if let Some(old) = src.bits.take() {
+                    // Said twice: count the second as the whole truth.
+                    for i in 0..self.n {
+                        if bit(&old, i) {
+                            self.picker.lost(i);
+                            if !src.far {
+                                self.near[i] = self.near[i].saturating_sub(1);
+                            }
+                        }
+                    }
+                }
                 for i in 0..self.n {
                     if bit(&bits, i) {
                         self.picker.gained(i);
+                        if !src.far {
+                            self.near[i] = self.near[i].saturating_add(1);
+                        }
                     }
                 }
-                if let Some(src) = self.sources.get_mut(&peer) {
-                    src.bits = Some(bits);
-                    src.last_data = Instant::now();
-                }
+                src.bits = Some(bits);
+                src.last_data = Instant::now();
                 self.retry_at.remove(&peer);
             }
             Event::HaveMore(list) => {
@@ -1090,6 +1140,9 @@ impl Driver {
                     if i < self.n && !bit(bits, i) {
                         set_bit(bits, i);
                         self.picker.gained(i);
+                        if !src.far {
+                            self.near[i] = self.near[i].saturating_add(1);
+                        }
                     }
                 }
             }
@@ -1145,6 +1198,9 @@ impl Driver {
                         if bit(bits, i) {
                             clear_bit(bits, i);
                             self.picker.lost(i);
+                            if !src.far {
+                                self.near[i] = self.near[i].saturating_sub(1);
+                            }
                         }
                     }
                 }
@@ -1180,6 +1236,8 @@ impl Driver {
             !self.picker.any_free(&|i| inflight[i] == 0)
         };
         let urgent = self.sink.as_ref().map(|s| s.urgent()).unwrap_or_default();
+        // Far sources wait until every near one has said what it holds.
+        let near_opening = self.sources.values().any(|s| !s.far && s.bits.is_none());
         let peers: Vec<PeerId> = self.sources.keys().copied().collect();
         for peer in peers {
             let Some(src) = self.sources.get(&peer) else {
@@ -1188,6 +1246,9 @@ impl Driver {
             let Some(bits) = src.bits.as_ref() else {
                 continue;
             };
+            if src.far && near_opening {
+                continue;
+            }
             if src.inflight_bytes + REFILL > src.window {
                 continue;
             }
@@ -1198,9 +1259,11 @@ impl Driver {
                 (room / u64::from(blocks::AVG_CHUNK) + 1) as usize
             };
             let (rank, parts) = share(&self.ex.local, self.sources.keys(), &peer);
-            let inflight = &self.inflight;
+            let (inflight, near, far) = (&self.inflight, &self.near, src.far);
             let free = |i: usize| {
-                if endgame {
+                if far && near[i] > 0 {
+                    false
+                } else if endgame {
                     inflight[i] == 1 && !src.wanted.contains_key(&(i as u32))
                 } else {
                     inflight[i] == 0

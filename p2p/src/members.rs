@@ -245,6 +245,16 @@ impl Members {
         })
     }
 
+    /// The region peer `id` announced in its server record, heard from
+    /// lately or not (`None` if it has no record here).
+    pub fn region_of(&self, id: &str) -> Option<String> {
+        self.servers
+            .get(id.as_bytes())
+            .ok()
+            .flatten()
+            .map(|r| r.region)
+    }
+
     /// Every known peer, this one first, then by id.
     pub fn view(&self, info: &LocalInfo, addresses: &[String]) -> Vec<PeerView> {
         let now_ms = self.clock.now().wall_ms;

@@ -4,7 +4,7 @@
 use libp2p::identity::Keypair;
 use libp2p::PeerId;
 use p2p::blocks::{self, BlockStore};
-use p2p::exchange::{Candidates, Exchange, Progress};
+use p2p::exchange::{Candidate, Candidates, Exchange, Progress};
 use p2p::net::{self, Client, NetConfig};
 use rand::{Rng, SeedableRng};
 use std::sync::atomic::Ordering;
@@ -49,7 +49,8 @@ fn random_file(n: usize, seed: u64) -> tempfile::NamedTempFile {
 }
 
 fn fixed(peers: Vec<PeerId>) -> Candidates {
-    Arc::new(move || peers.clone())
+    let near: Vec<Candidate> = peers.into_iter().map(Candidate::near).collect();
+    Arc::new(move || near.clone())
 }
 
 async fn fetch(n: &Node, id: blocks::Hash, from: Vec<PeerId>) -> Arc<blocks::Manifest> {
@@ -126,4 +127,62 @@ async fn a_changed_artifact_moves_only_changed_blocks() {
     let moved = b.ex.stats.fetched_bytes.load(Ordering::Relaxed) - before;
     assert_eq!(before, m1.size);
     assert!(moved * 20 < m2.size, "moved {moved} of {}", m2.size);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn far_sources_send_only_what_no_near_source_holds() {
+    let (_stop, shutdown) = watch::channel(false);
+    let near = node(vec![], &shutdown).await;
+    let boot = near.client.listen_addrs()[0].clone();
+    let far = node(vec![boot.clone()], &shutdown).await;
+    let x = node(vec![boot], &shutdown).await;
+    let file = random_file(4 << 20, 21);
+    let (_, v1) = near.ex.store.import(file.path()).unwrap();
+    // Version 2 changes a little in the middle. The far peer holds all of
+    // it; the near one holds its manifest and the blocks it shares with
+    // version 1, like a peer that has fetched all but the change.
+    let mut data = std::fs::read(file.path()).unwrap();
+    data[2_000_000..2_000_020].copy_from_slice(b"a small edit in here");
+    std::fs::write(file.path(), &data).unwrap();
+    let (id, v2) = far.ex.store.import(file.path()).unwrap();
+    near.ex.store.put_manifest(&v2).unwrap();
+    let old: std::collections::HashSet<blocks::Hash> = (0..v1.len()).map(|i| v1.hash(i)).collect();
+    let changed: u64 = (0..v2.len())
+        .filter(|i| !old.contains(&v2.hash(*i)))
+        .map(|i| v2.size_of(i))
+        .sum();
+    assert!(
+        changed > 0 && changed * 4 < v2.size,
+        "changed {changed} of {}",
+        v2.size
+    );
+
+    let sources = vec![
+        Candidate {
+            peer: far.client.local_peer_id(),
+            far: true,
+        },
+        Candidate::near(near.client.local_peer_id()),
+    ];
+    let (tx, _rx) = watch::channel(Progress::default());
+    let got = tokio::time::timeout(
+        Duration::from_secs(30),
+        x.ex.fetch(
+            id,
+            Arc::new(move || sources.clone()),
+            x.client.clone(),
+            tx,
+            None,
+        ),
+    )
+    .await
+    .expect("fetch timed out")
+    .unwrap();
+    x.ex.store.verify(&got).unwrap();
+    // The far peer sent exactly the changed blocks; the near one the rest.
+    assert_eq!(far.ex.stats.served_bytes.load(Ordering::Relaxed), changed);
+    assert_eq!(
+        near.ex.stats.served_bytes.load(Ordering::Relaxed),
+        v2.size - changed
+    );
 }

@@ -562,7 +562,12 @@ impl Mesh {
     }
 
     fn joiner(&self) -> impl Future<Output = Result<Peer>> + Send + 'static {
+        self.joiner_with(&[])
+    }
+
+    fn joiner_with(&self, more: &[&str]) -> impl Future<Output = Result<Peer>> + Send + 'static {
         let mut flags: Vec<String> = self.extra.clone();
+        flags.extend(more.iter().map(|s| (*s).to_owned()));
         flags.extend(["--bootstrap".to_owned(), self.bootstrap()]);
         async move {
             let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
@@ -572,7 +577,12 @@ impl Mesh {
 
     /// Starts one more peer that joins through peer 0.
     pub async fn add_peer(&mut self) -> Result<&Peer> {
-        let peer = self.joiner().await?;
+        self.add_peer_with(&[]).await
+    }
+
+    /// Like [`Mesh::add_peer`], with flags of its own besides the mesh's.
+    pub async fn add_peer_with(&mut self, more: &[&str]) -> Result<&Peer> {
+        let peer = self.joiner_with(more).await?;
         self.peers.push(peer);
         Ok(&self.peers[self.peers.len() - 1])
     }

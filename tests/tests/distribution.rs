@@ -370,6 +370,46 @@ async fn a_new_peer_serves_every_site_soon_after_joining() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_new_peer_fetches_nothing_from_another_region_that_its_own_holds() {
+    const SERVED: &str = "shoal_blocks_served_bytes_total";
+    let mut mesh = Mesh::start(1).await.unwrap(); // region "default"
+    mesh.add_peer_with(&["--region", "eu"]).await.unwrap();
+    mesh.wait_all_alive(Duration::from_secs(30)).await.unwrap();
+    let blob = random_bytes(4 << 20, 40);
+    let repo = Repo::new(&[
+        ("index.html", b"<h1>regions</h1>".as_slice()),
+        ("data.bin", &blob),
+    ])
+    .unwrap();
+    let (_, d) = mesh.peers[0]
+        .deploy_and_wait(repo.path(), "regions")
+        .await
+        .unwrap();
+    assert_eq!(d["status"], "success", "{d}");
+    let far_before = mesh.peers[0].metric(SERVED).await;
+    let near_before = mesh.peers[1].metric(SERVED).await;
+
+    // A second peer in "eu": both others hold the whole site; only the one
+    // in its region is asked.
+    mesh.add_peer_with(&["--region", "eu"]).await.unwrap();
+    let joiner = &mesh.peers[2];
+    wait_until(
+        "the new peer to serve the site",
+        Duration::from_secs(20),
+        || async { (joiner.site_bytes("regions", "/data.bin").await? == blob).then_some(()) },
+    )
+    .await
+    .unwrap();
+    let far = mesh.peers[0].metric(SERVED).await - far_before;
+    let near = mesh.peers[1].metric(SERVED).await - near_before;
+    assert_eq!(far, 0.0, "the peer in another region sent {far} bytes");
+    assert!(
+        near >= blob.len() as f64,
+        "the peer in the same region sent {near} bytes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn old_versions_beyond_the_kept_ones_are_collected_everywhere() {
     let flags = ["--keep-deployments", "2", "--gc-interval", "1s"];
     let mesh = Mesh::start_with(2, &flags).await.unwrap();
