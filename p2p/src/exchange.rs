@@ -79,6 +79,9 @@ const HAVE_EVERY: Duration = Duration::from_millis(20);
 const READ_AHEAD: usize = 4;
 /// How often a fetch looks for new sources and stalls.
 const TICK: Duration = Duration::from_millis(200);
+/// How long far sources wait, at most, for a near one to say what it holds
+/// (on its first try in a fetch: one that failed before holds nothing up).
+const NEAR_GRACE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Frame {
@@ -316,7 +319,8 @@ pub struct Candidate {
     pub peer: PeerId,
     /// Elsewhere (another region): asked only for blocks that no source
     /// nearby holds, and only once every source nearby has said what it
-    /// holds, so what is at hand never crosses the far link.
+    /// holds (or had [`NEAR_GRACE`] to), so what is at hand does not cross
+    /// the far link.
     pub far: bool,
 }
 
@@ -828,6 +832,8 @@ struct Source {
     cmds: mpsc::Sender<Frame>,
     /// In another region (see [`Candidate::far`]).
     far: bool,
+    /// Until then, far sources wait for this near one to say what it holds.
+    holds_far_until: Option<Instant>,
     bits: Option<Vec<u8>>,
     /// Blocks asked of this source, and when.
     wanted: HashMap<u32, Instant>,
@@ -1000,6 +1006,8 @@ impl Driver {
             {
                 continue;
             }
+            let holds_far_until =
+                (!far && !self.retry_at.contains_key(&peer)).then(|| now + NEAR_GRACE);
             self.next_token += 1;
             let token = self.next_token;
             let (cmds, cmd_rx) = mpsc::channel(64);
@@ -1016,6 +1024,7 @@ impl Driver {
                     token,
                     cmds,
                     far,
+                    holds_far_until,
                     bits: None,
                     wanted: HashMap::new(),
                     window: WINDOW,
@@ -1237,7 +1246,11 @@ impl Driver {
         };
         let urgent = self.sink.as_ref().map(|s| s.urgent()).unwrap_or_default();
         // Far sources wait until every near one has said what it holds.
-        let near_opening = self.sources.values().any(|s| !s.far && s.bits.is_none());
+        let now = Instant::now();
+        let near_opening = self
+            .sources
+            .values()
+            .any(|s| s.bits.is_none() && s.holds_far_until.is_some_and(|t| t > now));
         let peers: Vec<PeerId> = self.sources.keys().copied().collect();
         for peer in peers {
             let Some(src) = self.sources.get(&peer) else {

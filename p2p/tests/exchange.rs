@@ -186,3 +186,39 @@ async fn far_sources_send_only_what_no_near_source_holds() {
         v2.size - changed
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn far_sources_are_used_when_no_near_one_can_serve() {
+    let (_stop, shutdown) = watch::channel(false);
+    let far = node(vec![], &shutdown).await;
+    let x = node(vec![far.client.listen_addrs()[0].clone()], &shutdown).await;
+    let file = random_file(2 << 20, 23);
+    let (id, manifest) = far.ex.store.import(file.path()).unwrap();
+    // The near candidate cannot be reached at all.
+    let sources = vec![
+        Candidate::near(PeerId::random()),
+        Candidate {
+            peer: far.client.local_peer_id(),
+            far: true,
+        },
+    ];
+    let (tx, _rx) = watch::channel(Progress::default());
+    let got = tokio::time::timeout(
+        Duration::from_secs(20),
+        x.ex.fetch(
+            id,
+            Arc::new(move || sources.clone()),
+            x.client.clone(),
+            tx,
+            None,
+        ),
+    )
+    .await
+    .expect("fetch timed out")
+    .unwrap();
+    x.ex.store.verify(&got).unwrap();
+    assert_eq!(
+        far.ex.stats.served_bytes.load(Ordering::Relaxed),
+        manifest.size
+    );
+}
