@@ -13,7 +13,7 @@
 //! rarest first among the sources' bitfields, then its own share of them
 //! (so fetchers drawing on one seed do not make it send a block twice),
 //! in a random order among equals (so fetchers spread out and soon have
-//! something to give each other; see [`crate::picker`], which makes a pick
+//! something to give each other; see the `picker` module, which makes a pick
 //! cost about what it picks, not the artifact's size), with a window of
 //! bytes in flight per source, kept
 //! full, that starts at [`WINDOW`] and grows
@@ -319,7 +319,7 @@ pub struct Candidate {
     pub peer: PeerId,
     /// Elsewhere (another region): asked only for blocks that no source
     /// nearby holds, and only once every source nearby has said what it
-    /// holds (or had [`NEAR_GRACE`] to), so what is at hand does not cross
+    /// holds (or had a second to), so what is at hand does not cross
     /// the far link.
     pub far: bool,
 }
