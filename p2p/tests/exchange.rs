@@ -48,16 +48,17 @@ fn random_file(n: usize, seed: u64) -> tempfile::NamedTempFile {
     f
 }
 
-fn fixed(peers: Vec<PeerId>) -> Candidates {
-    let near: Vec<Candidate> = peers.into_iter().map(Candidate::near).collect();
-    Arc::new(move || near.clone())
+/// Fetches `id` from peers in the same region.
+async fn fetch(n: &Node, id: blocks::Hash, from: Vec<PeerId>) -> Arc<blocks::Manifest> {
+    fetch_from(n, id, from.into_iter().map(Candidate::near).collect()).await
 }
 
-async fn fetch(n: &Node, id: blocks::Hash, from: Vec<PeerId>) -> Arc<blocks::Manifest> {
+async fn fetch_from(n: &Node, id: blocks::Hash, from: Vec<Candidate>) -> Arc<blocks::Manifest> {
+    let candidates: Candidates = Arc::new(move || from.clone());
     let (tx, _rx) = watch::channel(Progress::default());
     tokio::time::timeout(
         Duration::from_secs(30),
-        n.ex.fetch(id, fixed(from), n.client.clone(), tx, None),
+        n.ex.fetch(id, candidates, n.client.clone(), tx, None),
     )
     .await
     .expect("fetch timed out")
@@ -164,20 +165,7 @@ async fn far_sources_send_only_what_no_near_source_holds() {
         },
         Candidate::near(near.client.local_peer_id()),
     ];
-    let (tx, _rx) = watch::channel(Progress::default());
-    let got = tokio::time::timeout(
-        Duration::from_secs(30),
-        x.ex.fetch(
-            id,
-            Arc::new(move || sources.clone()),
-            x.client.clone(),
-            tx,
-            None,
-        ),
-    )
-    .await
-    .expect("fetch timed out")
-    .unwrap();
+    let got = fetch_from(&x, id, sources).await;
     x.ex.store.verify(&got).unwrap();
     // The far peer sent exactly the changed blocks; the near one the rest.
     assert_eq!(far.ex.stats.served_bytes.load(Ordering::Relaxed), changed);
@@ -202,20 +190,7 @@ async fn far_sources_are_used_when_no_near_one_can_serve() {
             far: true,
         },
     ];
-    let (tx, _rx) = watch::channel(Progress::default());
-    let got = tokio::time::timeout(
-        Duration::from_secs(20),
-        x.ex.fetch(
-            id,
-            Arc::new(move || sources.clone()),
-            x.client.clone(),
-            tx,
-            None,
-        ),
-    )
-    .await
-    .expect("fetch timed out")
-    .unwrap();
+    let got = fetch_from(&x, id, sources).await;
     x.ex.store.verify(&got).unwrap();
     assert_eq!(
         far.ex.stats.served_bytes.load(Ordering::Relaxed),

@@ -392,14 +392,14 @@ async fn a_new_peer_fetches_nothing_from_another_region_that_its_own_holds() {
     // A second peer in "eu": both others hold the whole site; only the one
     // in its region is asked.
     mesh.add_peer_with(&["--region", "eu"]).await.unwrap();
-    let joiner = &mesh.peers[2];
-    wait_until(
-        "the new peer to serve the site",
+    wait_served(
+        &mesh,
+        "regions",
+        "/data.bin",
+        &blob,
         Duration::from_secs(20),
-        || async { (joiner.site_bytes("regions", "/data.bin").await? == blob).then_some(()) },
     )
-    .await
-    .unwrap();
+    .await;
     let far = mesh.peers[0].metric(SERVED).await - far_before;
     let near = mesh.peers[1].metric(SERVED).await - near_before;
     assert_eq!(far, 0.0, "the peer in another region sent {far} bytes");
