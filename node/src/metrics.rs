@@ -68,7 +68,7 @@ pub fn render_exchange(out: &mut String, ex: &p2p::exchange::Exchange) {
     use std::sync::atomic::Ordering::Relaxed;
     let s = &ex.stats;
     let (blocks, bytes) = ex.store.stats();
-    let rows: [(&str, &str, &str, u64); 8] = [
+    let rows: [(&str, &str, &str, u64); 9] = [
         (
             "shoal_block_store_blocks",
             "gauge",
@@ -98,6 +98,12 @@ pub fn render_exchange(out: &mut String, ex: &p2p::exchange::Exchange) {
             "counter",
             "Block bytes received that were already here.",
             s.duplicate_bytes.load(Relaxed),
+        ),
+        (
+            "shoal_blocks_fetched_far_bytes_total",
+            "counter",
+            "Block bytes received from peers in another region.",
+            s.far_bytes.load(Relaxed),
         ),
         (
             "shoal_blocks_served_total",

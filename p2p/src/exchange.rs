@@ -272,6 +272,8 @@ pub struct ExchangeStats {
     pub fetched_blocks: AtomicU64,
     /// Block bytes received that were already here (endgame duplicates).
     pub duplicate_bytes: AtomicU64,
+    /// Block bytes stored from far sources (see [`Candidate::far`]).
+    pub far_bytes: AtomicU64,
     pub served_bytes: AtomicU64,
     pub served_blocks: AtomicU64,
     /// Blocks received that did not match their hash.
@@ -1159,6 +1161,9 @@ impl Driver {
                 let i = index as usize;
                 let size = self.held.manifest.size_of(i);
                 if let Some(src) = self.sources.get_mut(&peer) {
+                    if src.far {
+                        self.ex.stats.far_bytes.fetch_add(size, Ordering::Relaxed);
+                    }
                     if let Some(asked) = src.wanted.remove(&index) {
                         src.inflight_bytes = src.inflight_bytes.saturating_sub(size);
                         self.inflight[i] = self.inflight[i].saturating_sub(1);

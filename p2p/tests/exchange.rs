@@ -169,6 +169,7 @@ async fn far_sources_send_only_what_no_near_source_holds() {
     x.ex.store.verify(&got).unwrap();
     // The far peer sent exactly the changed blocks; the near one the rest.
     assert_eq!(far.ex.stats.served_bytes.load(Ordering::Relaxed), changed);
+    assert_eq!(x.ex.stats.far_bytes.load(Ordering::Relaxed), changed);
     assert_eq!(
         near.ex.stats.served_bytes.load(Ordering::Relaxed),
         v2.size - changed

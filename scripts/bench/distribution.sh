@@ -14,7 +14,9 @@
 # (0) is the host whose peer takes the deployment and is polled; BOOT_HOST
 # (0) the one every other peer bootstraps from; SHOAL_LOG
 # (info) is the peers' log filter (their logs are kept in $LOGS); SHOAL_BIN
-# runs that binary instead of building one.
+# runs that binary instead of building one; REGIONS (1) splits the hosts
+# into that many `--region`s, in order (h0.. in r0), and counts the block
+# bytes that crossed between them.
 # Needs root (namespaces, tc, iptables); installs its packages with apt.
 # Cleans up its namespaces, processes and files on any exit.
 set -euo pipefail
@@ -29,6 +31,7 @@ SMALL=${SMALL_MB:-20}
 API=${API_HOST:-0}
 # The peer every other one bootstraps from.
 BOOT=${BOOT_HOST:-0}
+REGIONS=${REGIONS:-1}
 export NB_PREFIX=${NB_PREFIX:-shb}
 export NB_NET=${NB_NET:-10.78.0}
 NB=$ROOT/scripts/bench/netbench/netbench.sh
@@ -115,7 +118,7 @@ run_shoal() { # SIZE_MB -> prints key=value lines
     mkdir -p "$W/d$k"
     ip netns exec "$(ns "$k")" env SHOAL_ADMIN_TOKEN=bench SHOAL_LOG=${SHOAL_LOG:-info} "$SHOAL" node \
       --data "$W/d$k" --name "h$k" --listen "$(hip "$k")" --http-port 8080 --sites-port 8000 \
-      --p2p-port 9000 "${boot[@]}" --allow-local-repos --unsafe-no-sandbox \
+      --p2p-port 9000 "${boot[@]}" --region "r$((k * REGIONS / N))" --allow-local-repos --unsafe-no-sandbox \
       --max-site-mb 8192 --max-repo-mb 8192 --distribution-timeout 30m >"$W/h$k.log" 2>&1 &
     PIDS+=($!)
   done
@@ -148,13 +151,15 @@ run_shoal() { # SIZE_MB -> prints key=value lines
     local got; got=$(inns "$(ns "$k")" curl -sf -H 'host: bench.localhost' "http://$(hip "$k"):8000/big.bin" | sha256sum | cut -d' ' -f1)
     [ "$got" = "$want" ] || { echo "peer h$k serves different bytes" >&2; exit 1; }
   done
-  local builder_host served fetched=0 rss="" rss_builder=0
+  local builder_host served fetched=0 far=0 rss="" rss_builder=0
   builder_host=$(echo "$d" | python3 -c '
 import json,sys; d=json.load(sys.stdin)
 print([r["name"] for r in d["replicas"] if r["peer"]==d["builder"]][0][1:])')
   served=$(metric "$builder_host" shoal_blocks_served_bytes_total)
   for ((k = 0; k < N; k++)); do
     fetched=$((fetched + $(metric "$k" shoal_blocks_fetched_bytes_total | cut -d. -f1)))
+    local f; f=$(metric "$k" shoal_blocks_fetched_far_bytes_total | cut -d. -f1)
+    far=$((far + ${f:-0}))
     local hwm; hwm=$(awk '/VmHWM/{print $2}' "/proc/${PIDS[$k]}/status")
     if [ "$k" = "$builder_host" ]; then rss_builder=$hwm; else rss="$rss $hwm"; fi
   done
@@ -177,6 +182,7 @@ print("artifact_bytes=%d" % d["replicas"][0]["total"])
   echo "builder_wire=$((a[builder_host + 1] - b[builder_host + 1]))"
   echo "builder_served=${served%.*}"
   echo "fetched=$fetched"
+  echo "far=$far"
   echo "rss_kib=$(echo "$rss" | tr ' ' '\n' | sort -n | tail -1)"
   echo "rss_builder_kib=$rss_builder"
   echo "cpu_busy=$(cpu_busy "$cpu0" "$cpu1")"
@@ -220,6 +226,7 @@ echo "artifact S = $S bytes (the zip of the site)"
 echo "block bytes received, all peers  = $(val "$W/big.out" fetched)  ($(calc "$(val "$W/big.out" fetched)/(($N-1)*$S)") x (N-1)*S)"
 echo "wire bytes (eth0 tx, all hosts)  = $(val "$W/big.out" wire)  ($(calc "$(val "$W/big.out" wire)/(($N-1)*$S)") x (N-1)*S; TCP/IP framing alone is ~1.046 x)"
 echo "packets sent (skbs)              = $(val "$W/big.out" packets)  ($(calc "$(val "$W/big.out" wire)/$(val "$W/big.out" packets)") bytes each on average)"
+[ "$REGIONS" -gt 1 ] && echo "block bytes across $REGIONS regions = $(val "$W/big.out" far)  ($(calc "$(val "$W/big.out" far)/$S") x S; one copy into each other region is $((REGIONS - 1)) x S)"
 echo "builder upload (blocks)          = $(val "$W/big.out" builder_served)  ($(calc "$(val "$W/big.out" builder_served)/$S") x S)"
 echo "builder upload (eth0 tx)         = $(val "$W/big.out" builder_wire)  ($(calc "$(val "$W/big.out" builder_wire)/$S") x S)"
 echo "CPU: both cores $(val "$W/big.out" cpu_busy) % busy from POST to success; shoal peers used $(val "$W/big.out" shoal_cpu_s) CPU-seconds in all (clone, build and pack included)"

@@ -372,6 +372,7 @@ async fn a_new_peer_serves_every_site_soon_after_joining() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_new_peer_fetches_nothing_from_another_region_that_its_own_holds() {
     const SERVED: &str = "shoal_blocks_served_bytes_total";
+    const FAR: &str = "shoal_blocks_fetched_far_bytes_total";
     let mut mesh = Mesh::start(1).await.unwrap(); // region "default"
     mesh.add_peer_with(&["--region", "eu"]).await.unwrap();
     mesh.wait_all_alive(Duration::from_secs(30)).await.unwrap();
@@ -386,6 +387,12 @@ async fn a_new_peer_fetches_nothing_from_another_region_that_its_own_holds() {
         .await
         .unwrap();
     assert_eq!(d["status"], "success", "{d}");
+    // Whichever did not build it fetched it across regions.
+    let crossed = mesh.peers[0].metric(FAR).await + mesh.peers[1].metric(FAR).await;
+    assert!(
+        crossed >= blob.len() as f64,
+        "{crossed} bytes counted as from afar"
+    );
     let far_before = mesh.peers[0].metric(SERVED).await;
     let near_before = mesh.peers[1].metric(SERVED).await;
 
@@ -403,6 +410,8 @@ async fn a_new_peer_fetches_nothing_from_another_region_that_its_own_holds() {
     let far = mesh.peers[0].metric(SERVED).await - far_before;
     let near = mesh.peers[1].metric(SERVED).await - near_before;
     assert_eq!(far, 0.0, "the peer in another region sent {far} bytes");
+    let joiner = &mesh.peers[2];
+    assert_eq!(joiner.metric(FAR).await, 0.0);
     assert!(
         near >= blob.len() as f64,
         "the peer in the same region sent {near} bytes"
