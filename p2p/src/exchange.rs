@@ -82,6 +82,10 @@ const TICK: Duration = Duration::from_millis(200);
 /// How long far sources wait, at most, for a near one to say what it holds
 /// (on its first try in a fetch: one that failed before holds nothing up).
 const NEAR_GRACE: Duration = Duration::from_secs(1);
+/// A source whose answers lately took this much longer than its quickest
+/// (and 2.5 times as long) has a queue: what only it holds nearby may be
+/// asked of far sources.
+const QUEUED: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Frame {
@@ -320,9 +324,11 @@ pub struct Progress {
 pub struct Candidate {
     pub peer: PeerId,
     /// Elsewhere (another region): asked only for blocks that no source
-    /// nearby holds, and only once every source nearby has said what it
-    /// holds (or had a second to), so what is at hand does not cross
-    /// the far link.
+    /// nearby can give soon (none holds them, or those that do have a
+    /// queue: answers far slower than their quickest), and only once every
+    /// source nearby has said what it holds (or had a second to). So what is
+    /// at hand does not cross the far link, and a busy peer nearby (the
+    /// builder, say) does not hold up a fetch that peers afar could feed.
     pub far: bool,
 }
 
@@ -836,6 +842,8 @@ struct Source {
     far: bool,
     /// Until then, far sources wait for this near one to say what it holds.
     holds_far_until: Option<Instant>,
+    /// Its answers lately show a queue there (see [`QUEUED`]).
+    queued: bool,
     bits: Option<Vec<u8>>,
     /// Blocks asked of this source, and when.
     wanted: HashMap<u32, Instant>,
@@ -850,6 +858,13 @@ struct Source {
     local: Duration,
     last_data: Instant,
     task: tokio::task::JoinHandle<()>,
+}
+
+impl Source {
+    /// Whether the blocks it holds keep far sources from being asked.
+    fn counts_near(&self) -> bool {
+        !self.far && !self.queued
+    }
 }
 
 impl Drop for Source {
@@ -1027,6 +1042,7 @@ impl Driver {
                     cmds,
                     far,
                     holds_far_until,
+                    queued: false,
                     bits: None,
                     wanted: HashMap::new(),
                     window: WINDOW,
@@ -1052,7 +1068,7 @@ impl Driver {
                 for i in 0..self.n {
                     if bit(bits, i) {
                         self.picker.lost(i);
-                        if !src.far {
+                        if src.counts_near() {
                             self.near[i] = self.near[i].saturating_sub(1);
                         }
                     }
@@ -1079,6 +1095,23 @@ impl Driver {
                 let mean = waited / answers;
                 let local = std::mem::take(&mut src.local) / answers;
                 src.window = next_window(src.window, busy, mean, src.quickest);
+                let queued = mean * 2 > src.quickest * 5 && mean > src.quickest + QUEUED;
+                if !src.far && queued != src.queued {
+                    // What it holds counts nearby again, or no longer.
+                    if let Some(bits) = &src.bits {
+                        for i in 0..self.n {
+                            if bit(bits, i) {
+                                self.near[i] = if queued {
+                                    self.near[i].saturating_sub(1)
+                                } else {
+                                    self.near[i].saturating_add(1)
+                                };
+                            }
+                        }
+                    }
+                    debug!(source = %peer, queued, "nearby source's queue");
+                }
+                src.queued = queued;
                 trace!(
                     source = %peer,
                     answers,
@@ -1121,7 +1154,7 @@ impl Driver {
                     for i in 0..self.n {
                         if bit(&old, i) {
                             self.picker.lost(i);
-                            if !src.far {
+                            if src.counts_near() {
                                 self.near[i] = self.near[i].saturating_sub(1);
                             }
                         }
@@ -1130,7 +1163,7 @@ impl Driver {
                 for i in 0..self.n {
                     if bit(&bits, i) {
                         self.picker.gained(i);
-                        if !src.far {
+                        if src.counts_near() {
                             self.near[i] = self.near[i].saturating_add(1);
                         }
                     }
@@ -1143,6 +1176,7 @@ impl Driver {
                 let Some(src) = self.sources.get_mut(&peer) else {
                     return;
                 };
+                let counts_near = src.counts_near();
                 let Some(bits) = src.bits.as_mut() else {
                     return;
                 };
@@ -1151,7 +1185,7 @@ impl Driver {
                     if i < self.n && !bit(bits, i) {
                         set_bit(bits, i);
                         self.picker.gained(i);
-                        if !src.far {
+                        if counts_near {
                             self.near[i] = self.near[i].saturating_add(1);
                         }
                     }
@@ -1208,11 +1242,12 @@ impl Driver {
                             .saturating_sub(self.held.manifest.size_of(i));
                         self.inflight[i] = self.inflight[i].saturating_sub(1);
                     }
+                    let counts_near = src.counts_near();
                     if let Some(bits) = src.bits.as_mut() {
                         if bit(bits, i) {
                             clear_bit(bits, i);
                             self.picker.lost(i);
-                            if !src.far {
+                            if counts_near {
                                 self.near[i] = self.near[i].saturating_sub(1);
                             }
                         }

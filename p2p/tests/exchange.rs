@@ -20,6 +20,15 @@ struct Node {
 }
 
 async fn node(bootstrap: Vec<libp2p::Multiaddr>, shutdown: &watch::Receiver<bool>) -> Node {
+    node_limited(bootstrap, shutdown, 0).await
+}
+
+/// A node that sends at most `upload_limit` block bytes a second (0: no limit).
+async fn node_limited(
+    bootstrap: Vec<libp2p::Multiaddr>,
+    shutdown: &watch::Receiver<bool>,
+    upload_limit: u64,
+) -> Node {
     let cfg = NetConfig {
         keypair: Keypair::generate_ed25519(),
         listen: net::tcp_listen_addr("127.0.0.1".parse().unwrap(), 0),
@@ -30,7 +39,7 @@ async fn node(bootstrap: Vec<libp2p::Multiaddr>, shutdown: &watch::Receiver<bool
     client.listening().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(BlockStore::open(dir.path()).unwrap());
-    let ex = Exchange::new(store, &client, 0);
+    let ex = Exchange::new(store, &client, upload_limit);
     tokio::spawn(ex.clone().serve(shutdown.clone()));
     Node {
         client,
@@ -195,6 +204,34 @@ async fn far_sources_are_used_when_no_near_one_can_serve() {
     x.ex.store.verify(&got).unwrap();
     assert_eq!(
         far.ex.stats.served_bytes.load(Ordering::Relaxed),
+        manifest.size
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_near_source_with_a_queue_does_not_hold_up_far_ones() {
+    let (_stop, shutdown) = watch::channel(false);
+    // The near peer sends 256 KiB a second: its answers queue.
+    let near = node_limited(vec![], &shutdown, 256 * 1024).await;
+    let boot = near.client.listen_addrs()[0].clone();
+    let far = node(vec![boot.clone()], &shutdown).await;
+    let x = node(vec![boot], &shutdown).await;
+    let file = random_file(6 << 20, 25);
+    let (id, manifest) = near.ex.store.import(file.path()).unwrap();
+    far.ex.store.import(file.path()).unwrap();
+    let sources = vec![
+        Candidate::near(near.client.local_peer_id()),
+        Candidate {
+            peer: far.client.local_peer_id(),
+            far: true,
+        },
+    ];
+    let got = fetch_from(&x, id, sources).await;
+    x.ex.store.verify(&got).unwrap();
+    let from_far = far.ex.stats.served_bytes.load(Ordering::Relaxed);
+    assert!(
+        from_far * 2 > manifest.size,
+        "the far peer sent {from_far} of {} bytes",
         manifest.size
     );
 }
