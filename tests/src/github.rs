@@ -47,7 +47,8 @@ struct Device {
     expires: Instant,
     approved_by: Option<String>,
     denied: bool,
-    last_poll: Option<Instant>,
+    /// The last poll, or the code's issue before the first.
+    last_poll: Instant,
     used: bool,
 }
 
@@ -228,6 +229,11 @@ impl FakeGitHub {
         self.fake.lock().device_polls
     }
 
+    /// The polling interval GitHub hands out with new device codes.
+    pub fn set_device_interval(&self, secs: u64) {
+        self.fake.lock().device_interval = secs;
+    }
+
     /// Makes GitHub answer the next device poll with `slow_down`.
     pub fn force_slow_down(&self) {
         self.fake.lock().force_slow_down = true;
@@ -366,7 +372,7 @@ async fn device_code(State(f): State<Fake>, Form(form): Form<HashMap<String, Str
             expires: Instant::now() + Duration::from_secs(900),
             approved_by: None,
             denied: false,
-            last_poll: None,
+            last_poll: Instant::now(),
             used: false,
         },
     );
@@ -439,10 +445,8 @@ async fn access_token(
         if now >= d.expires || d.used {
             return error_json("expired_token", "The device_code has expired.").into_response();
         }
-        let too_fast = d
-            .last_poll
-            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(d.interval));
-        d.last_poll = Some(now);
+        let too_fast = now.duration_since(d.last_poll) < Duration::from_secs(d.interval);
+        d.last_poll = now;
         inner.device_polls += 1;
         let forced = std::mem::take(&mut inner.force_slow_down);
         let Some(d) = inner.devices.get_mut(&code) else {

@@ -123,6 +123,40 @@ fn args(gh: &FakeGitHub, extra: &[&str]) -> Vec<String> {
     v
 }
 
+/// Polls the device sign-in every 100 ms through both peers in turn, until
+/// GitHub has seen `polls` device polls and `then_ms` more have passed.
+/// Every answer must be "pending". Returns how many answers came and the last.
+async fn poll_often(
+    gh: &FakeGitHub,
+    peers: [&Peer; 2],
+    handle: &mut String,
+    polls: usize,
+    then_ms: u64,
+) -> Result<(usize, Value)> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut stop = None;
+    let mut answers = 0;
+    loop {
+        let peer = peers[answers % 2];
+        let answer: Value = post_json(peer, "/auth/device/poll", &json!({ "handle": *handle }))
+            .await?
+            .json()
+            .await?;
+        anyhow::ensure!(answer["state"] == "pending", "{answer}");
+        *handle = answer["handle"].as_str().context("handle")?.to_owned();
+        answers += 1;
+        let now = tokio::time::Instant::now();
+        if stop.is_none() && gh.device_polls() >= polls {
+            stop = Some(now + Duration::from_millis(then_ms));
+        }
+        if stop.is_some_and(|s| now >= s) {
+            return Ok((answers, answer));
+        }
+        anyhow::ensure!(now < deadline, "GitHub saw no device poll");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn device_sign_in_works_through_any_peer_and_sign_out_is_mesh_wide() -> Result<()> {
     let gh = FakeGitHub::start(&[("octocat", &[]), ("mallory", &[])]).await?;
@@ -131,6 +165,8 @@ async fn device_sign_in_works_through_any_peer_and_sign_out_is_mesh_wide() -> Re
     let mesh = Mesh::start_with(2, &refs).await?;
     mesh.wait_all_alive(Duration::from_secs(20)).await?;
     let (a, b) = (&mesh.peers[0], &mesh.peers[1]);
+    let interval = 2;
+    gh.set_device_interval(interval);
 
     // Started on A; polled through B (the handle carries the sign-in).
     let started: Value = no_redirects()
@@ -139,39 +175,31 @@ async fn device_sign_in_works_through_any_peer_and_sign_out_is_mesh_wide() -> Re
         .await?
         .json()
         .await?;
-    let handle = started["handle"].as_str().unwrap().to_owned();
+    let mut handle = started["handle"].as_str().unwrap().to_owned();
     assert!(!handle.contains(started["user_code"].as_str().unwrap()));
-    // Asked again at once, the peer answers "pending" without asking GitHub.
-    let polls = gh.device_polls();
-    let early: Value = post_json(b, "/auth/device/poll", &json!({ "handle": handle }))
-        .await?
-        .json()
-        .await?;
-    assert_eq!(early["state"], "pending");
-    assert_eq!(gh.device_polls(), polls, "no poll before the interval");
 
-    // GitHub says slow_down: the interval grows by 5 s and is honoured.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    gh.force_slow_down();
-    let slowed: Value = post_json(b, "/auth/device/poll", &json!({ "handle": handle }))
-        .await?
-        .json()
-        .await?;
-    assert_eq!(slowed["state"], "pending");
-    assert!(slowed["interval"].as_u64().unwrap() >= 6, "{slowed}");
+    // Clients ask every 100 ms, through either peer; GitHub is asked once
+    // per interval, never too soon (it would answer slow_down), and the
+    // peers answer "pending" in between.
     let polls = gh.device_polls();
-    let handle = slowed["handle"].as_str().unwrap().to_owned();
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let again: Value = post_json(a, "/auth/device/poll", &json!({ "handle": handle }))
-        .await?
-        .json()
-        .await?;
-    assert_eq!(again["state"], "pending");
+    // One poll reaches GitHub once the interval is up, then none for a while.
+    let (answers, last) = poll_often(&gh, [b, a], &mut handle, polls + 1, 1000).await?;
+    assert_eq!(gh.device_polls(), polls + 1, "one poll per interval");
+    assert!(answers > 10, "{answers} answers");
+    assert_eq!(last["interval"], interval);
+    assert_eq!(gh.slow_downs(), 0, "never polled too soon");
+
+    // GitHub says slow_down: the interval grows by 5 s and every peer keeps it.
+    gh.force_slow_down();
+    let (_, last) = poll_often(&gh, [a, b], &mut handle, polls + 2, 2500).await?;
     assert_eq!(
         gh.device_polls(),
-        polls,
+        polls + 2,
         "slow_down is honoured on every peer"
     );
+    assert!(last["interval"].as_u64().unwrap() >= interval + 5, "{last}");
+    assert_eq!(gh.slow_downs(), 1, "only the forced one");
+    gh.set_device_interval(1);
 
     // A forged or foreign handle is refused.
     let forged = post_json(a, "/auth/device/poll", &json!({"handle": "s1.00ff"})).await?;

@@ -15,7 +15,7 @@
 
 use crate::auth::{self, require_write, SESSION_COOKIE, STATE_COOKIE};
 use crate::github::{DevicePoll, GitHub, Repo};
-use crate::session::{now_secs, Purpose, Session};
+use crate::session::{now_millis, now_secs, Purpose, Session};
 use crate::{ApiError, AppState, Backend};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -57,20 +57,30 @@ struct Pending {
     device_code: String,
     expires: u64,
     interval: u64,
-    /// Unix seconds before which GitHub is not asked again.
-    next_poll: u64,
+    /// Unix milliseconds before which GitHub is not asked again. Whole
+    /// seconds would let a poll through up to a second early, which GitHub
+    /// answers with `slow_down` and five more seconds of waiting.
+    #[serde(default)]
+    next_poll_ms: u64,
+}
+
+impl Pending {
+    fn wait_from(&mut self, now_ms: u64) {
+        self.next_poll_ms = now_ms.saturating_add(self.interval.saturating_mul(1000));
+    }
 }
 
 async fn device_start<B: Backend>(State(s): State<AppState<B>>) -> Result<Response, ApiError> {
     let gh = github(&s)?;
     let code = gh.device_code().await?;
-    let now = now_secs();
-    let pending = Pending {
+    let now_ms = now_millis();
+    let mut pending = Pending {
         device_code: code.device_code,
-        expires: now + code.expires_in,
+        expires: now_ms / 1000 + code.expires_in,
         interval: code.interval.max(1),
-        next_poll: now + code.interval.max(1),
+        next_poll_ms: 0,
     };
+    pending.wait_from(now_ms);
     let handle = s.backend.auth().keys.seal_json(Purpose::Device, &pending);
     Ok(Json(json!({
         "user_code": code.user_code,
@@ -100,8 +110,8 @@ async fn device_poll<B: Backend>(
         .ok_or_else(|| {
             ApiError::bad_request("invalid_handle", "not a sign-in handle of this mesh")
         })?;
-    let now = now_secs();
-    if now >= pending.expires {
+    let now_ms = now_millis();
+    if now_ms / 1000 >= pending.expires {
         return Err(expired());
     }
     let wait = |pending: &Pending| {
@@ -112,17 +122,19 @@ async fn device_poll<B: Backend>(
         }))
         .into_response()
     };
-    if now < pending.next_poll {
+    if now_ms < pending.next_poll_ms {
         return Ok(wait(&pending));
     }
     match gh.poll_device(&pending.device_code).await? {
+        // Counted from GitHub's answer, which is no earlier than the moment it
+        // saw this poll.
         DevicePoll::Pending => {
-            pending.next_poll = now + pending.interval;
+            pending.wait_from(now_millis());
             Ok(wait(&pending))
         }
         DevicePoll::SlowDown(interval) => {
             pending.interval = interval.max(pending.interval + 5);
-            pending.next_poll = now + pending.interval;
+            pending.wait_from(now_millis());
             Ok(wait(&pending))
         }
         DevicePoll::Expired => Err(expired()),

@@ -193,9 +193,13 @@ impl Session {
 }
 
 pub fn now_secs() -> u64 {
+    now_millis() / 1000
+}
+
+pub fn now_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
