@@ -873,6 +873,71 @@ impl Drop for Source {
     }
 }
 
+/// How many sources hold each block still needed: all of them, for the
+/// picker's rarest-first order, and beside it the near ones without a queue,
+/// which keep far sources off what is at hand. The two counts move together.
+struct Holders {
+    picker: Picker,
+    /// Per block, how many near sources without a queue hold it.
+    near: Vec<u8>,
+}
+
+impl Holders {
+    fn new(picker: Picker, n: usize) -> Self {
+        Self {
+            picker,
+            near: vec![0; n],
+        }
+    }
+
+    /// A source now holds block `i`; `near`: see [`Source::counts_near`].
+    fn gained(&mut self, i: usize, near: bool) {
+        self.picker.gained(i);
+        if near {
+            self.near[i] = self.near[i].saturating_add(1);
+        }
+    }
+
+    /// A source no longer holds block `i`.
+    fn lost(&mut self, i: usize, near: bool) {
+        self.picker.lost(i);
+        if near {
+            self.near[i] = self.near[i].saturating_sub(1);
+        }
+    }
+
+    /// A source holds every block of `bits`.
+    fn gained_all(&mut self, bits: &[u8], near: bool) {
+        for i in (0..self.near.len()).filter(|i| bit(bits, *i)) {
+            self.gained(i, near);
+        }
+    }
+
+    /// A source no longer holds the blocks of `bits`.
+    fn lost_all(&mut self, bits: &[u8], near: bool) {
+        for i in (0..self.near.len()).filter(|i| bit(bits, *i)) {
+            self.lost(i, near);
+        }
+    }
+
+    /// A near source's queue came (`queued`) or went: what it holds stops
+    /// or starts keeping far sources off.
+    fn queue(&mut self, bits: &[u8], queued: bool) {
+        for i in (0..self.near.len()).filter(|i| bit(bits, *i)) {
+            self.near[i] = if queued {
+                self.near[i].saturating_sub(1)
+            } else {
+                self.near[i].saturating_add(1)
+            };
+        }
+    }
+
+    /// Whether a near source without a queue holds block `i`.
+    fn near_holds(&self, i: usize) -> bool {
+        self.near[i] > 0
+    }
+}
+
 struct Driver {
     ex: Arc<Exchange>,
     id: Hash,
@@ -881,10 +946,8 @@ struct Driver {
     n: usize,
     /// Requests out per block.
     inflight: Vec<u8>,
-    /// The blocks still needed, rarest first.
-    picker: Picker,
-    /// Per block, how many near sources hold it (see [`Candidate::far`]).
-    near: Vec<u8>,
+    /// The blocks still needed, rarest first, and who holds them.
+    holders: Holders,
     sources: HashMap<PeerId, Source>,
     /// Peers to leave alone until then (no artifact yet, or failed).
     retry_at: HashMap<PeerId, (Instant, Duration)>,
@@ -913,8 +976,7 @@ impl Driver {
             candidates,
             n,
             inflight: vec![0; n],
-            picker,
-            near: vec![0; n],
+            holders: Holders::new(picker, n),
             sources: HashMap::new(),
             retry_at: HashMap::new(),
             providers: Providers::new(Duration::from_secs(10)),
@@ -978,9 +1040,9 @@ impl Driver {
     fn resync(&mut self) {
         let have = self.held.bits();
         for i in 0..self.n {
-            match (bit(&have, i), self.picker.needed(i)) {
-                (true, true) => self.picker.arrived(i),
-                (false, false) => self.picker.needed_again(i),
+            match (bit(&have, i), self.holders.picker.needed(i)) {
+                (true, true) => self.holders.picker.arrived(i),
+                (false, false) => self.holders.picker.needed_again(i),
                 _ => {}
             }
         }
@@ -1065,14 +1127,7 @@ impl Driver {
                 self.inflight[*i as usize] = self.inflight[*i as usize].saturating_sub(1);
             }
             if let Some(bits) = &src.bits {
-                for i in 0..self.n {
-                    if bit(bits, i) {
-                        self.picker.lost(i);
-                        if src.counts_near() {
-                            self.near[i] = self.near[i].saturating_sub(1);
-                        }
-                    }
-                }
+                self.holders.lost_all(bits, src.counts_near());
             }
         }
         let backoff = self.retry_at.get(peer).map_or(retry_after, |(_, d)| {
@@ -1097,17 +1152,8 @@ impl Driver {
                 src.window = next_window(src.window, busy, mean, src.quickest);
                 let queued = mean * 2 > src.quickest * 5 && mean > src.quickest + QUEUED;
                 if !src.far && queued != src.queued {
-                    // What it holds counts nearby again, or no longer.
                     if let Some(bits) = &src.bits {
-                        for i in 0..self.n {
-                            if bit(bits, i) {
-                                self.near[i] = if queued {
-                                    self.near[i].saturating_sub(1)
-                                } else {
-                                    self.near[i].saturating_add(1)
-                                };
-                            }
-                        }
+                        self.holders.queue(bits, queued);
                     }
                     debug!(source = %peer, queued, "nearby source's queue");
                 }
@@ -1151,23 +1197,9 @@ impl Driver {
                 };
                 if let Some(old) = src.bits.take() {
                     // Said twice: count the second as the whole truth.
-                    for i in 0..self.n {
-                        if bit(&old, i) {
-                            self.picker.lost(i);
-                            if src.counts_near() {
-                                self.near[i] = self.near[i].saturating_sub(1);
-                            }
-                        }
-                    }
+                    self.holders.lost_all(&old, src.counts_near());
                 }
-                for i in 0..self.n {
-                    if bit(&bits, i) {
-                        self.picker.gained(i);
-                        if src.counts_near() {
-                            self.near[i] = self.near[i].saturating_add(1);
-                        }
-                    }
-                }
+                self.holders.gained_all(&bits, src.counts_near());
                 src.bits = Some(bits);
                 src.last_data = Instant::now();
                 self.retry_at.remove(&peer);
@@ -1184,10 +1216,7 @@ impl Driver {
                     let i = i as usize;
                     if i < self.n && !bit(bits, i) {
                         set_bit(bits, i);
-                        self.picker.gained(i);
-                        if counts_near {
-                            self.near[i] = self.near[i].saturating_add(1);
-                        }
+                        self.holders.gained(i, counts_near);
                     }
                 }
             }
@@ -1219,7 +1248,7 @@ impl Driver {
                     self.held_bytes += size;
                 }
                 self.held.mark(i, true);
-                self.picker.arrived(i);
+                self.holders.picker.arrived(i);
                 // Endgame: cancel the copies still coming from elsewhere.
                 if self.inflight[i] > 0 {
                     for src in self.sources.values_mut() {
@@ -1246,10 +1275,7 @@ impl Driver {
                     if let Some(bits) = src.bits.as_mut() {
                         if bit(bits, i) {
                             clear_bit(bits, i);
-                            self.picker.lost(i);
-                            if counts_near {
-                                self.near[i] = self.near[i].saturating_sub(1);
-                            }
+                            self.holders.lost(i, counts_near);
                         }
                     }
                 }
@@ -1282,7 +1308,7 @@ impl Driver {
         }
         let endgame = {
             let inflight = &self.inflight;
-            !self.picker.any_free(&|i| inflight[i] == 0)
+            !self.holders.picker.any_free(&|i| inflight[i] == 0)
         };
         let urgent = self.sink.as_ref().map(|s| s.urgent()).unwrap_or_default();
         // Far sources wait until every near one has said what it holds.
@@ -1312,9 +1338,9 @@ impl Driver {
                 (room / u64::from(blocks::AVG_CHUNK) + 1) as usize
             };
             let (rank, parts) = share(&self.ex.local, self.sources.keys(), &peer);
-            let (inflight, near, far) = (&self.inflight, &self.near, src.far);
+            let (inflight, holders, far) = (&self.inflight, &self.holders, src.far);
             let free = |i: usize| {
-                if far && near[i] > 0 {
+                if far && holders.near_holds(i) {
                     false
                 } else if endgame {
                     inflight[i] == 1 && !src.wanted.contains_key(&(i as u32))
@@ -1325,19 +1351,22 @@ impl Driver {
             let mut picks: Vec<usize> = urgent
                 .iter()
                 .copied()
-                .filter(|i| *i < self.n && self.picker.needed(*i) && bit(bits, *i) && free(*i))
+                .filter(|i| {
+                    *i < self.n && self.holders.picker.needed(*i) && bit(bits, *i) && free(*i)
+                })
                 .take(count)
                 .collect();
             if picks.len() < count {
                 let more = if endgame {
                     // Every missing block is in flight: few are left.
-                    self.picker
+                    self.holders
+                        .picker
                         .missing()
                         .filter(|i| bit(bits, *i) && free(*i) && !picks.contains(i))
                         .take(count - picks.len())
                         .collect()
                 } else {
-                    self.picker.pick(&Ask {
+                    self.holders.picker.pick(&Ask {
                         bits,
                         mine: &|i| mix(i as u64) % parts == rank,
                         free: &|i| free(i) && !picks.contains(&i),
@@ -1574,6 +1603,30 @@ async fn session(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn near_counts_follow_sources_and_their_queues() {
+        let mut h = Holders::new(Picker::new(10, |_| true, 1), 10);
+        let (a, b) = ([0b0000_0101, 0], [0b0000_0100, 0b10]);
+        h.gained_all(&a, true);
+        h.gained_all(&b, false);
+        let near: Vec<usize> = (0..10).filter(|i| h.near_holds(*i)).collect();
+        assert_eq!(near, [0, 2], "only the near source counts");
+        h.queue(&a, true);
+        assert!((0..10).all(|i| !h.near_holds(i)), "a queue stops counting");
+        h.queue(&a, false);
+        h.lost(0, true);
+        h.gained(9, true);
+        let near: Vec<usize> = (0..10).filter(|i| h.near_holds(*i)).collect();
+        assert_eq!(near, [2, 9]);
+        h.lost_all(&[0b0000_0100, 0b10], true);
+        assert!((0..10).all(|i| !h.near_holds(i)));
+        // A second near holder keeps a block near when the first goes.
+        h.gained(3, true);
+        h.gained(3, true);
+        h.lost(3, true);
+        assert!(h.near_holds(3));
+    }
 
     #[test]
     fn windows_grow_while_nothing_queues_and_shrink_when_it_does() {
