@@ -16,7 +16,9 @@
 # (info) is the peers' log filter (their logs are kept in $LOGS); SHOAL_BIN
 # runs that binary instead of building one; REGIONS (1) splits the hosts
 # into that many `--region`s, in order (h0.. in r0), and counts the block
-# bytes that crossed between them.
+# bytes that crossed between them; REGION_DELAY (say 50ms) is then the
+# one-way delay between hosts of different regions instead of DELAY (the
+# baselines run with it too).
 # Needs root (namespaces, tc, iptables); installs its packages with apt.
 # Cleans up its namespaces, processes and files on any exit.
 set -euo pipefail
@@ -55,6 +57,8 @@ ns() { echo "$NB_PREFIX-h$1"; }
 hip() { echo "$NB_NET.$(($1 + 1))"; }
 inns() { local n=$1; shift; ip netns exec "$n" "$@"; }
 api() { inns "$(ns "$API")" curl -sf --max-time 5 -H "authorization: Bearer bench" "$@"; }
+# shellcheck source=scripts/bench/lib.sh
+. scripts/bench/lib.sh
 
 stop_peers() {
   local p
@@ -62,8 +66,10 @@ stop_peers() {
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   PIDS=()
 }
+REGION_DELAY_PID=""
 cleanup() {
   stop_peers
+  [ -n "$REGION_DELAY_PID" ] && kill "$REGION_DELAY_PID" 2>/dev/null
   "$NB" teardown >/dev/null 2>&1 || true
   rm -rf "$W"
 }
@@ -73,6 +79,23 @@ trap 'exit 130' INT TERM HUP
 echo "# shoal distribution benchmark: N=$N size=${SIZE}MiB rate=$RATE delay=$DELAY ($(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores)"
 "$NB" setup "$N" "$RATE" "$DELAY"
 STATE=/dev/shm/netbench-$NB_PREFIX
+if [ -n "${REGION_DELAY:-}" ] && [ "$REGIONS" -gt 1 ]; then
+  # Packets between regions wait in a second user-space queue instead.
+  grep -q DELAY_MODE=nfqueue "$STATE/env" || { echo "REGION_DELAY needs netbench's nfqueue delay" >&2; exit 1; }
+  rdus=$(awk -v s="$REGION_DELAY" 'BEGIN{ if (s ~ /^[0-9.]+ms$/) printf "%d", s * 1000; else exit 1 }') ||
+    { echo "bad REGION_DELAY '$REGION_DELAY' (say 50ms)" >&2; exit 1; }
+  for ((r = 0; r < REGIONS; r++)); do
+    first=-1 last=-1
+    for ((k = 0; k < N; k++)); do
+      [ $((k * REGIONS / N)) = "$r" ] && { [ "$first" -lt 0 ] && first=$k; last=$k; }
+    done
+    inns "$NB_PREFIX-sw" iptables -I FORWARD 1 -m iprange --src-range "$(hip "$first")-$(hip "$last")" \
+      ! --dst-range "$(hip "$first")-$(hip "$last")" -j NFQUEUE --queue-num 1 --queue-bypass
+  done
+  ip netns exec "$NB_PREFIX-sw" "$STATE/nbdelay" 1 "$rdus" >"$STATE/nbdelay-regions.log" 2>&1 &
+  REGION_DELAY_PID=$!
+  echo "# between regions: $REGION_DELAY one-way; ping h0 -> h$((N - 1)): $(inns "$(ns 0)" ping -c 3 -i 0.2 -q "$(hip $((N - 1)))" | awk -F/ '/^rtt/{print $5}') ms RTT"
+fi
 BOUND=$("$NB" bound "$N" "$SIZE" "$RATE" | awk '/^bound/{print $4}')
 CENTRAL=- BT=-
 if [ "${SKIP_BASELINES:-0}" != 1 ]; then
@@ -104,13 +127,12 @@ tx_total() { # bytes sent by every host's eth0 so far, and by each; then packets
 
 cpu_sample() { awk '/^cpu /{print $2+$3+$4+$5+$6+$7+$8+$9, $5+$6}' /proc/stat; }
 cpu_busy() { awk -v a="$1" -v b="$2" 'BEGIN{split(a,x," ");split(b,y," ");t=y[1]-x[1];i=y[2]-x[2];printf "%.0f", (t > 0 ? 100 * (t - i) / t : 0)}'; }
-calc() { awk "BEGIN{printf \"%.2f\", $*}"; }
 metric() { # host name -> value
   inns "$(ns "$1")" curl -sf --max-time 5 "http://$(hip "$1"):8080/metrics" | awk -v n="$2" '$1==n{print $2}'
 }
 
 run_shoal() { # SIZE_MB -> prints key=value lines
-  local size=$1 repo k id d status t0
+  local size=$1 repo k id d url
   repo=$(make_repo "$size")
   for ((k = 0; k < N; k++)); do
     local boot=()
@@ -122,29 +144,12 @@ run_shoal() { # SIZE_MB -> prints key=value lines
       --max-site-mb 8192 --max-repo-mb 8192 --distribution-timeout 30m >"$W/h$k.log" 2>&1 &
     PIDS+=($!)
   done
-  t0=$(date +%s)
-  until [ "$(api "http://$(hip "$API"):8080/api/peers" | python3 -c 'import json,sys; print(sum(p["alive"] for p in json.load(sys.stdin)))' 2>/dev/null)" = "$N" ]; do
-    [ $(($(date +%s) - t0)) -lt 60 ] || { echo "peers did not form a mesh; see $W/h0.log" >&2; tail -5 "$W/h0.log" >&2; exit 1; }
-    sleep 0.5
-  done
+  url="http://$(hip "$API"):8080"
+  wait_mesh "$url" "$N" || { echo "see $W/h0.log" >&2; tail -5 "$W/h0.log" >&2; exit 1; }
   local before cpu0; before=$(tx_total); cpu0=$(cpu_sample)
-  id=$(api -X POST -H 'content-type: application/json' \
-    -d "{\"repo_url\":\"$repo\",\"name\":\"bench\"}" "http://$(hip "$API"):8080/api/deployments" |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-  t0=$(date +%s)
-  while :; do
-    # Cheap on purpose (no interpreter per poll): the machine is shared with
-    # the peers being measured, and the times come from the record anyway.
-    d=$(api "http://$(hip "$API"):8080/api/deployments/$id" || true)
-    status='?'
-    [[ $d =~ \"status\":\"([A-Za-z]+)\" ]] && status=${BASH_REMATCH[1]}
-    case "$status" in success | buildFailed | distributionFailed | canceled) break ;; esac
-    [ $(($(date +%s) - t0)) -lt 1800 ] || { echo "timed out in $status" >&2; exit 1; }
-    sleep 0.5
-  done
-  d=$(api "http://$(hip "$API"):8080/api/deployments/$id")
+  id=$(deploy "$url" "$repo" bench)
+  d=$(wait_deployed "$url" "$id")
   local after cpu1; after=$(tx_total); cpu1=$(cpu_sample)
-  [ "$status" = success ] || { echo "deployment ended $status: $d" >&2; exit 1; }
   # Every peer serves the same bytes.
   local want; want=$(sha256sum "$repo/big.bin" | cut -d' ' -f1)
   for ((k = 0; k < N; k++)); do
@@ -152,15 +157,13 @@ run_shoal() { # SIZE_MB -> prints key=value lines
     [ "$got" = "$want" ] || { echo "peer h$k serves different bytes" >&2; exit 1; }
   done
   local builder_host served fetched=0 far=0 rss="" rss_builder=0
-  builder_host=$(echo "$d" | python3 -c '
-import json,sys; d=json.load(sys.stdin)
-print([r["name"] for r in d["replicas"] if r["peer"]==d["builder"]][0][1:])')
+  builder_host=$(builder_index "$d")
   served=$(metric "$builder_host" shoal_blocks_served_bytes_total)
   for ((k = 0; k < N; k++)); do
     fetched=$((fetched + $(metric "$k" shoal_blocks_fetched_bytes_total | cut -d. -f1)))
     local f; f=$(metric "$k" shoal_blocks_fetched_far_bytes_total | cut -d. -f1)
     far=$((far + ${f:-0}))
-    local hwm; hwm=$(awk '/VmHWM/{print $2}' "/proc/${PIDS[$k]}/status")
+    local hwm; hwm=$(peak_rss_kib "${PIDS[$k]}")
     if [ "$k" = "$builder_host" ]; then rss_builder=$hwm; else rss="$rss $hwm"; fi
   done
   echo "$d" | python3 -c '
@@ -211,7 +214,7 @@ ratio() { [[ "$1" =~ ^[0-9.]+$ ]] && calc "$1/$BOUND" || echo -; }
 faster() { [[ "$1" =~ ^[0-9.]+$ ]] && calc "$1/$T" || echo -; }
 
 echo
-echo "N=$N  S=${SIZE} MiB  B=$RATE per host each way  delay=$DELAY one-way  cores=$(nproc)"
+echo "N=$N  S=${SIZE} MiB  B=$RATE per host each way  delay=$DELAY one-way${REGION_DELAY:+ ($REGION_DELAY between regions)}  regions=$REGIONS  cores=$(nproc)"
 echo "link check: $(cat "$STATE/check" 2>/dev/null || echo -)"
 printf '%-40s %9s %12s %14s\n' method seconds "ratio_to_S/B" "shoal_faster_x"
 printf '%-40s %9s %12s %14s\n' "bound S/B" "$BOUND" 1.00 -

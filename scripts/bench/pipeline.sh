@@ -11,13 +11,18 @@
 #
 # Peers keep their data in TMPDIR (default /dev/shm): about 4 x the size for
 # the builder (output, zip, blocks, unpacked site) and 2 x for each other.
+# SHOAL_BIN runs that binary instead of building one.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 sizes=${1:-256 2048}
 peers=${2:-2}
 export TMPDIR=${TMPDIR:-/dev/shm}
-cargo build --release --quiet -p node --bin shoal
-bin=${SHOAL_BIN:-$PWD/target/release/shoal}
+if [ -n "${SHOAL_BIN:-}" ]; then
+  bin=$SHOAL_BIN # a binary built beforehand
+else
+  cargo build --release --quiet -p node --bin shoal
+  bin=$PWD/target/release/shoal
+fi
 work=$(mktemp -d)
 pids=()
 stop_peers() {
@@ -29,12 +34,13 @@ cleanup() { stop_peers; rm -rf "$work"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
+# shellcheck source=scripts/bench/lib.sh
+. scripts/bench/lib.sh
 api() { curl -fsS --max-time 10 -H 'authorization: Bearer bench' "$@"; }
 endpoint() { # PEER FIELD -> its address (the first, for p2p)
   python3 -c 'import json,sys; v=json.load(open(sys.argv[1]))[sys.argv[2]]; print(v[0] if isinstance(v, list) else v)' \
     "$work/d$1/endpoints.json" "$2"
 }
-calc() { awk "BEGIN{printf \"%.2f\", $*}"; }
 
 run() { # SIZE_MIB -> key=value lines
   local size=$1 repo=$work/repo k
@@ -59,25 +65,10 @@ EOF
     [ "$k" = 0 ] && boot=(--bootstrap "$(endpoint 0 p2p)")
   done
   local http; http=$(endpoint 0 http)
-  local t0; t0=$(date +%s)
-  until [ "$(api "http://$http/api/peers" | python3 -c 'import json,sys; print(sum(p["alive"] for p in json.load(sys.stdin)))' 2>/dev/null)" = "$peers" ]; do
-    [ $(($(date +%s) - t0)) -lt 60 ] || { echo "peers did not form a mesh" >&2; exit 1; }
-    sleep 0.3
-  done
-  local id d status
-  id=$(api -X POST -H 'content-type: application/json' -d "{\"repo_url\":\"$repo\",\"name\":\"bench\"}" \
-    "http://$http/api/deployments" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-  t0=$(date +%s)
-  while :; do
-    d=$(api "http://$http/api/deployments/$id" || true)
-    status='?'
-    [[ $d =~ \"status\":\"([A-Za-z]+)\" ]] && status=${BASH_REMATCH[1]}
-    case "$status" in success | buildFailed | distributionFailed | canceled) break ;; esac
-    [ $(($(date +%s) - t0)) -lt 1800 ] || { echo "timed out in $status" >&2; exit 1; }
-    sleep 0.5
-  done
-  [ "$status" = success ] || { echo "deployment ended $status; see $work/p0.log" >&2; exit 1; }
-  d=$(api "http://$http/api/deployments/$id")
+  wait_mesh "http://$http" "$peers"
+  local id d
+  id=$(deploy "http://$http" "$repo" bench)
+  d=$(wait_deployed "http://$http" "$id") || { echo "see $work/p0.log" >&2; exit 1; }
   # Every peer serves the same bytes.
   local want="" got
   for ((k = 0; k < peers; k++)); do
@@ -86,11 +77,9 @@ EOF
     [ "$got" = "$want" ] || { echo "peer p$k serves different bytes" >&2; exit 1; }
   done
   local builder rss="" rss_builder=0 hwm
-  builder=$(echo "$d" | python3 -c '
-import json,sys; d=json.load(sys.stdin)
-print([r["name"] for r in d["replicas"] if r["peer"]==d["builder"]][0][1:])')
+  builder=$(builder_index "$d")
   for ((k = 0; k < peers; k++)); do
-    hwm=$(awk '/VmHWM/{print $2}' "/proc/${pids[$k]}/status")
+    hwm=$(peak_rss_kib "${pids[$k]}")
     if [ "$k" = "$builder" ]; then rss_builder=$hwm; else rss="$rss $hwm"; fi
   done
   echo "$d" | python3 -c '
