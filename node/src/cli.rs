@@ -74,7 +74,7 @@ pub async fn set_current(args: SetCurrentArgs, verb: &str) -> anyhow::Result<()>
     let body = json!({"deployment_id": args.deployment});
     let project = post(&args.client, &path, Some(body)).await?;
     println!(
-        "{}: every peer now serves deployment {}{}",
+        "{}: deployment {} is now current{}; every peer switches to it within a gossip round",
         args.name,
         project["current_deployment"].as_str().unwrap_or(""),
         if project["pinned"] == true {

@@ -98,12 +98,23 @@ async fn rollback_and_promote_switch_every_peer_without_a_rebuild() {
         .await
         .unwrap();
     assert!(
-        stdout.contains(&format!("every peer now serves deployment {v3}")),
+        stdout.contains(&format!("deployment {v3} is now current;")),
         "{stdout}"
     );
     assert!(!stdout.contains("pinned"), "{stdout}");
-    let project = mesh.peers[0].get_json("/api/projects/roll").await.unwrap();
-    assert_eq!(project["pinned"], false);
+    let project = mesh.peers[1].get_json("/api/projects/roll").await.unwrap();
+    assert_eq!(project["pinned"], false, "{project}");
+    // The other peers learn it through replication, a moment later.
+    wait_until(
+        "peer 0 sees the project unpinned",
+        Duration::from_secs(10),
+        || async {
+            let project = mesh.peers[0].get_json("/api/projects/roll").await.ok()?;
+            (project["pinned"] == false).then_some(())
+        },
+    )
+    .await
+    .unwrap();
     for peer in &mesh.peers {
         wait_serving(peer, b"v3").await;
     }
