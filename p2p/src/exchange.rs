@@ -82,10 +82,20 @@ const TICK: Duration = Duration::from_millis(200);
 /// How long far sources wait, at most, for a near one to say what it holds
 /// (on its first try in a fetch: one that failed before holds nothing up).
 const NEAR_GRACE: Duration = Duration::from_secs(1);
-/// A source whose answers lately took this much longer than its quickest
-/// (and 2.5 times as long) has a queue: what only it holds nearby may be
-/// asked of far sources.
-const QUEUED: Duration = Duration::from_millis(50);
+/// A nearby source that holds every block (the builder, say) and whose
+/// answers lately took this much longer than its quickest (and 2.5 times as
+/// long) has a queue: what only it holds nearby may be asked of far
+/// sources. Every first copy in its region leaves through its link, and
+/// what it sent to other regions is held there too: taking that back from
+/// afar spares its link for blocks no one else has yet.
+const SEED_QUEUED: Duration = Duration::from_millis(50);
+/// The same for a nearby source still fetching: only a badly slow one is
+/// passed over, since it is how its blocks reach its region without
+/// crossing again (on a busy mesh every peer queues a little).
+const QUEUED: Duration = Duration::from_secs(1);
+/// A nearby fetcher that said it holds a new block within this long is
+/// still bringing its share across (see [`Crew`]).
+const ACTIVE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Frame {
@@ -324,11 +334,13 @@ pub struct Progress {
 pub struct Candidate {
     pub peer: PeerId,
     /// Elsewhere (another region): asked only for blocks that no source
-    /// nearby can give soon (none holds them, or those that do have a
-    /// queue: answers far slower than their quickest), and only once every
-    /// source nearby has said what it holds (or had a second to). So what is
-    /// at hand does not cross the far link, and a busy peer nearby (the
-    /// builder, say) does not hold up a fetch that peers afar could feed.
+    /// nearby can give soon (none holds them, or only a seed nearby with a
+    /// queue or a badly slow fetcher does: see [`SEED_QUEUED`]), of those
+    /// only this peer's share among the peers nearby fetching with it (see
+    /// [`Crew`]), and only once every source nearby has said what it holds
+    /// (or had a second to). So what is at hand does not cross the far
+    /// link, a block crosses into a region about once, and a busy builder
+    /// nearby does not hold up a fetch that peers afar could feed.
     pub far: bool,
 }
 
@@ -842,9 +854,14 @@ struct Source {
     far: bool,
     /// Until then, far sources wait for this near one to say what it holds.
     holds_far_until: Option<Instant>,
-    /// Its answers lately show a queue there (see [`QUEUED`]).
+    /// Its answers lately show a queue there (see [`SEED_QUEUED`], [`QUEUED`]).
     queued: bool,
     bits: Option<Vec<u8>>,
+    /// How many blocks it holds (the bits set).
+    holds: usize,
+    /// When it last said it holds a block it did not before (or what it
+    /// holds at all).
+    last_news: Instant,
     /// Blocks asked of this source, and when.
     wanted: HashMap<u32, Instant>,
     inflight_bytes: u64,
@@ -937,6 +954,41 @@ impl Holders {
         self.near[i] > 0
     }
 }
+
+/// The peers of one region fetching an artifact together: this one and
+/// its nearby sources that are still fetching it and lately got a block
+/// (within [`ACTIVE`]). Each asks other regions only for its own share of
+/// what none of them holds, and gets the rest from the others nearby once
+/// they have it, so a block crosses into the region about once instead of
+/// once per peer there. A member that stops getting blocks (or queues)
+/// drops out and its share falls to the rest: one that cannot reach other
+/// regions at all delays its share by [`ACTIVE`] once it has the rest.
+/// Views that differ only cost a few doubles.
+struct Crew {
+    size: u64,
+    rank: u64,
+}
+
+impl Crew {
+    fn new(local: PeerId, fellows: impl Iterator<Item = PeerId>) -> Self {
+        let mut peers: Vec<PeerId> = fellows.filter(|p| *p != local).collect();
+        peers.push(local);
+        peers.sort_unstable();
+        let rank = peers.iter().position(|p| *p == local).unwrap_or(0);
+        Self {
+            size: peers.len() as u64,
+            rank: rank as u64,
+        }
+    }
+
+    /// Whether block `i` is this peer's to bring from afar.
+    fn brings(&self, i: usize) -> bool {
+        mix(i as u64 ^ CREW_SALT) % self.size == self.rank
+    }
+}
+
+/// Keeps a crew's shares apart from [`share`]'s.
+const CREW_SALT: u64 = 0x005e_edc0_de0f_c4e3;
 
 struct Driver {
     ex: Arc<Exchange>,
@@ -1106,6 +1158,8 @@ impl Driver {
                     holds_far_until,
                     queued: false,
                     bits: None,
+                    holds: 0,
+                    last_news: now,
                     wanted: HashMap::new(),
                     window: WINDOW,
                     quickest: Duration::MAX,
@@ -1150,7 +1204,12 @@ impl Driver {
                 let mean = waited / answers;
                 let local = std::mem::take(&mut src.local) / answers;
                 src.window = next_window(src.window, busy, mean, src.quickest);
-                let queued = mean * 2 > src.quickest * 5 && mean > src.quickest + QUEUED;
+                let slack = if src.holds >= self.n {
+                    SEED_QUEUED
+                } else {
+                    QUEUED
+                };
+                let queued = mean * 2 > src.quickest * 5 && mean > src.quickest + slack;
                 if !src.far && queued != src.queued {
                     if let Some(bits) = &src.bits {
                         self.holders.queue(bits, queued);
@@ -1200,8 +1259,10 @@ impl Driver {
                     self.holders.lost_all(&old, src.counts_near());
                 }
                 self.holders.gained_all(&bits, src.counts_near());
+                src.holds = (0..self.n).filter(|i| bit(&bits, *i)).count();
                 src.bits = Some(bits);
                 src.last_data = Instant::now();
+                src.last_news = src.last_data;
                 self.retry_at.remove(&peer);
             }
             Event::HaveMore(list) => {
@@ -1217,6 +1278,8 @@ impl Driver {
                     if i < self.n && !bit(bits, i) {
                         set_bit(bits, i);
                         self.holders.gained(i, counts_near);
+                        src.holds += 1;
+                        src.last_news = Instant::now();
                     }
                 }
             }
@@ -1276,6 +1339,7 @@ impl Driver {
                         if bit(bits, i) {
                             clear_bit(bits, i);
                             self.holders.lost(i, counts_near);
+                            src.holds = src.holds.saturating_sub(1);
                         }
                     }
                 }
@@ -1292,6 +1356,17 @@ impl Driver {
                 self.drop_source(&peer, Duration::from_secs(1));
             }
         }
+    }
+
+    /// This peer and the nearby sources still fetching (see [`Crew`]).
+    fn crew(&self, now: Instant) -> Crew {
+        let fellows = self.sources.iter().filter(|(_, s)| {
+            s.counts_near()
+                && s.bits.is_some()
+                && s.holds < self.n
+                && now.duration_since(s.last_news) < ACTIVE
+        });
+        Crew::new(self.ex.local, fellows.map(|(p, _)| *p))
     }
 
     /// Fills each source's window: rarest blocks first, this peer's share
@@ -1317,6 +1392,7 @@ impl Driver {
             .sources
             .values()
             .any(|s| s.bits.is_none() && s.holds_far_until.is_some_and(|t| t > now));
+        let crew = self.crew(now);
         let peers: Vec<PeerId> = self.sources.keys().copied().collect();
         for peer in peers {
             let Some(src) = self.sources.get(&peer) else {
@@ -1340,7 +1416,7 @@ impl Driver {
             let (rank, parts) = share(&self.ex.local, self.sources.keys(), &peer);
             let (inflight, holders, far) = (&self.inflight, &self.holders, src.far);
             let free = |i: usize| {
-                if far && holders.near_holds(i) {
+                if far && (holders.near_holds(i) || !crew.brings(i)) {
                     false
                 } else if endgame {
                     inflight[i] == 1 && !src.wanted.contains_key(&(i as u32))
@@ -1626,6 +1702,35 @@ mod tests {
         h.gained(3, true);
         h.lost(3, true);
         assert!(h.near_holds(3));
+    }
+
+    #[test]
+    fn a_crew_splits_what_crosses_between_its_members() {
+        let peers: Vec<PeerId> = (0..4).map(|_| PeerId::random()).collect();
+        // Each member sees the others in its own order.
+        let crews: Vec<Crew> = peers
+            .iter()
+            .map(|p| Crew::new(*p, peers.iter().rev().copied()))
+            .collect();
+        let mut per_member = [0usize; 4];
+        for i in 0..4000 {
+            let bringers: Vec<usize> = (0..4).filter(|m| crews[*m].brings(i)).collect();
+            assert_eq!(bringers.len(), 1, "block {i} is brought by {bringers:?}");
+            per_member[bringers[0]] += 1;
+        }
+        assert!(
+            per_member.iter().all(|n| (800..1200).contains(n)),
+            "{per_member:?}"
+        );
+        // Alone, a peer brings everything; a member that drops out leaves its
+        // share to the rest.
+        let alone = Crew::new(peers[0], std::iter::empty());
+        assert!((0..100).all(|i| alone.brings(i)));
+        let three: Vec<Crew> = peers[..3]
+            .iter()
+            .map(|p| Crew::new(*p, peers[..3].iter().copied()))
+            .collect();
+        assert!((0..1000).all(|i| three.iter().filter(|c| c.brings(i)).count() == 1));
     }
 
     #[test]

@@ -419,6 +419,46 @@ async fn a_new_peer_fetches_nothing_from_another_region_that_its_own_holds() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_region_fetching_together_takes_each_block_across_about_once() {
+    const FAR: &str = "shoal_blocks_fetched_far_bytes_total";
+    // Every link paced (4 MiB/s up), so the three peers in "eu" fetch at
+    // the same time; only the peer in "default" builds.
+    let mut mesh = Mesh::start_with(1, &["--upload-limit-kib", "4096"])
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        mesh.add_peer_with(&["--region", "eu", "--max-builds", "0"])
+            .await
+            .unwrap();
+    }
+    mesh.wait_all_alive(Duration::from_secs(30)).await.unwrap();
+    let blob = random_bytes(16 << 20, 41);
+    let repo = Repo::new(&[
+        ("index.html", b"<h1>crew</h1>".as_slice()),
+        ("data.bin", &blob),
+    ])
+    .unwrap();
+    let (_, d) = mesh.peers[1]
+        .deploy_and_wait(repo.path(), "crew")
+        .await
+        .unwrap();
+    assert_eq!(d["status"], "success", "{d}");
+    wait_served(&mesh, "crew", "/data.bin", &blob, Duration::from_secs(20)).await;
+    // Each peer in "eu" asked the builder only for its share of what none
+    // of the others held: the artifact crossed about once, not three times.
+    let mut crossed = 0.0;
+    for peer in &mesh.peers[1..] {
+        crossed += peer.metric(FAR).await;
+    }
+    let size = blob.len() as f64;
+    assert!(
+        crossed >= size && crossed <= 1.15 * size,
+        "{:.2} x the artifact crossed into eu",
+        crossed / size
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn old_versions_beyond_the_kept_ones_are_collected_everywhere() {
     let flags = ["--keep-deployments", "2", "--gc-interval", "1s"];
     let mesh = Mesh::start_with(2, &flags).await.unwrap();
