@@ -459,6 +459,53 @@ async fn a_region_fetching_together_takes_each_block_across_about_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_slow_copy_nearby_does_not_hold_up_a_fetch_that_a_peer_afar_can_feed() {
+    const FAR: &str = "shoal_blocks_fetched_far_bytes_total";
+    let mut mesh = Mesh::start(1).await.unwrap(); // region "default"
+                                                  // The only other copy in "eu" sends blocks at 128 KiB/s: 8 MiB from it
+                                                  // alone would take over a minute.
+    mesh.add_peer_with(&[
+        "--region",
+        "eu",
+        "--max-builds",
+        "0",
+        "--upload-limit-kib",
+        "128",
+    ])
+    .await
+    .unwrap();
+    mesh.wait_all_alive(Duration::from_secs(30)).await.unwrap();
+    let blob = random_bytes(8 << 20, 42);
+    let repo = Repo::new(&[
+        ("index.html", b"<h1>slow</h1>".as_slice()),
+        ("data.bin", &blob),
+    ])
+    .unwrap();
+    let (_, d) = mesh.peers[0]
+        .deploy_and_wait(repo.path(), "slow")
+        .await
+        .unwrap();
+    assert_eq!(d["status"], "success", "{d}");
+
+    let joiner = mesh
+        .add_peer_with(&["--region", "eu", "--max-builds", "0"])
+        .await
+        .unwrap();
+    wait_until(
+        "the new peer to serve the site",
+        Duration::from_secs(30),
+        || async { (joiner.site_bytes("slow", "/data.bin").await? == blob).then_some(()) },
+    )
+    .await
+    .unwrap();
+    let far = joiner.metric(FAR).await;
+    assert!(
+        far >= blob.len() as f64 / 2.0,
+        "only {far} bytes came from afar"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn old_versions_beyond_the_kept_ones_are_collected_everywhere() {
     let flags = ["--keep-deployments", "2", "--gc-interval", "1s"];
     let mesh = Mesh::start_with(2, &flags).await.unwrap();
