@@ -341,17 +341,8 @@ async fn a_new_peer_serves_every_site_soon_after_joining() {
     let mut mesh = Mesh::start(2).await.unwrap();
     let mut repos = Vec::new();
     for (i, name) in ["one", "two", "three"].iter().enumerate() {
-        let repo = Repo::new(&[
-            ("index.html", format!("<h1>{name}</h1>").as_bytes()),
-            ("data.bin", &random_bytes(2 << 20, 30 + i as u64)),
-        ])
-        .unwrap();
-        let (_, d) = mesh.peers[i % 2]
-            .deploy_and_wait(repo.path(), name)
-            .await
-            .unwrap();
-        assert_eq!(d["status"], "success", "{d}");
-        repos.push(repo);
+        let blob = random_bytes(2 << 20, 30 + i as u64);
+        repos.push(deploy_blob(&mesh.peers[i % 2], name, &blob).await);
     }
     let joiner: &Peer = mesh.add_peer().await.unwrap();
     for (name, repo) in ["one", "two", "three"].iter().zip(&repos) {
@@ -369,24 +360,27 @@ async fn a_new_peer_serves_every_site_soon_after_joining() {
     }
 }
 
+/// Block bytes a peer sent, and those it fetched from another region.
+const SERVED: &str = "shoal_blocks_served_bytes_total";
+const FAR: &str = "shoal_blocks_fetched_far_bytes_total";
+
+/// Deploys, through `peer`, site `name` of a page and `data.bin` holding
+/// `blob`, and waits for it to succeed; returns its repository.
+async fn deploy_blob(peer: &Peer, name: &str, blob: &[u8]) -> Repo {
+    let page = format!("<h1>{name}</h1>");
+    let repo = Repo::new(&[("index.html", page.as_bytes()), ("data.bin", blob)]).unwrap();
+    let (_, d) = peer.deploy_and_wait(repo.path(), name).await.unwrap();
+    assert_eq!(d["status"], "success", "{d}");
+    repo
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_new_peer_fetches_nothing_from_another_region_that_its_own_holds() {
-    const SERVED: &str = "shoal_blocks_served_bytes_total";
-    const FAR: &str = "shoal_blocks_fetched_far_bytes_total";
     let mut mesh = Mesh::start(1).await.unwrap(); // region "default"
     mesh.add_peer_with(&["--region", "eu"]).await.unwrap();
     mesh.wait_all_alive(Duration::from_secs(30)).await.unwrap();
     let blob = random_bytes(4 << 20, 40);
-    let repo = Repo::new(&[
-        ("index.html", b"<h1>regions</h1>".as_slice()),
-        ("data.bin", &blob),
-    ])
-    .unwrap();
-    let (_, d) = mesh.peers[0]
-        .deploy_and_wait(repo.path(), "regions")
-        .await
-        .unwrap();
-    assert_eq!(d["status"], "success", "{d}");
+    let _repo = deploy_blob(&mesh.peers[0], "regions", &blob).await;
     // Whichever did not build it fetched it across regions.
     let crossed = mesh.peers[0].metric(FAR).await + mesh.peers[1].metric(FAR).await;
     assert!(
@@ -420,7 +414,6 @@ async fn a_new_peer_fetches_nothing_from_another_region_that_its_own_holds() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_region_fetching_together_takes_each_block_across_about_once() {
-    const FAR: &str = "shoal_blocks_fetched_far_bytes_total";
     // Every link paced (4 MiB/s up), so the three peers in "eu" fetch at
     // the same time; only the peer in "default" builds.
     let mut mesh = Mesh::start_with(1, &["--upload-limit-kib", "4096"])
@@ -433,16 +426,7 @@ async fn a_region_fetching_together_takes_each_block_across_about_once() {
     }
     mesh.wait_all_alive(Duration::from_secs(30)).await.unwrap();
     let blob = random_bytes(16 << 20, 41);
-    let repo = Repo::new(&[
-        ("index.html", b"<h1>crew</h1>".as_slice()),
-        ("data.bin", &blob),
-    ])
-    .unwrap();
-    let (_, d) = mesh.peers[1]
-        .deploy_and_wait(repo.path(), "crew")
-        .await
-        .unwrap();
-    assert_eq!(d["status"], "success", "{d}");
+    let _repo = deploy_blob(&mesh.peers[1], "crew", &blob).await;
     wait_served(&mesh, "crew", "/data.bin", &blob, Duration::from_secs(20)).await;
     // Each peer in "eu" asked the builder only for its share of what none
     // of the others held: the artifact crossed about once, not three times.
@@ -460,10 +444,10 @@ async fn a_region_fetching_together_takes_each_block_across_about_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_copy_nearby_does_not_hold_up_a_fetch_that_a_peer_afar_can_feed() {
-    const FAR: &str = "shoal_blocks_fetched_far_bytes_total";
     let mut mesh = Mesh::start(1).await.unwrap(); // region "default"
-                                                  // The only other copy in "eu" sends blocks at 128 KiB/s: 8 MiB from it
-                                                  // alone would take over a minute.
+
+    // The only other copy in "eu" sends blocks at 128 KiB/s: 8 MiB from it
+    // alone would take over a minute.
     mesh.add_peer_with(&[
         "--region",
         "eu",
@@ -476,16 +460,7 @@ async fn a_slow_copy_nearby_does_not_hold_up_a_fetch_that_a_peer_afar_can_feed()
     .unwrap();
     mesh.wait_all_alive(Duration::from_secs(30)).await.unwrap();
     let blob = random_bytes(8 << 20, 42);
-    let repo = Repo::new(&[
-        ("index.html", b"<h1>slow</h1>".as_slice()),
-        ("data.bin", &blob),
-    ])
-    .unwrap();
-    let (_, d) = mesh.peers[0]
-        .deploy_and_wait(repo.path(), "slow")
-        .await
-        .unwrap();
-    assert_eq!(d["status"], "success", "{d}");
+    let _repo = deploy_blob(&mesh.peers[0], "slow", &blob).await;
 
     let joiner = mesh
         .add_peer_with(&["--region", "eu", "--max-builds", "0"])
