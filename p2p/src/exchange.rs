@@ -93,6 +93,10 @@ const SEED_QUEUED: Duration = Duration::from_millis(50);
 /// passed over, since it is how its blocks reach its region without
 /// crossing again (on a busy mesh every peer queues a little).
 const QUEUED: Duration = Duration::from_secs(1);
+/// Ticks in a row whose answers were that slow before a source counts as
+/// queued: a queue at its link lasts, a moment without CPU here or there
+/// (a busy machine) passes. One quick tick clears it.
+const QUEUE_TICKS: u32 = 3;
 /// A nearby fetcher that said it holds a new block within this long is
 /// still bringing its share across (see [`Crew`]).
 const ACTIVE: Duration = Duration::from_secs(2);
@@ -856,6 +860,7 @@ struct Source {
     holds_far_until: Option<Instant>,
     /// Its answers lately show a queue there (see [`SEED_QUEUED`], [`QUEUED`]).
     queued: bool,
+    watch: QueueWatch,
     bits: Option<Vec<u8>>,
     /// How many blocks it holds (the bits set).
     holds: usize,
@@ -881,6 +886,27 @@ impl Source {
     /// Whether the blocks it holds keep far sources from being asked.
     fn counts_near(&self) -> bool {
         !self.far && !self.queued
+    }
+}
+
+/// Whether a source's answers show a queue there: 2.5 times as slow as its
+/// quickest and slower by more than a slack, for [`QUEUE_TICKS`] ticks in a
+/// row.
+#[derive(Default)]
+struct QueueWatch {
+    slow_ticks: u32,
+}
+
+impl QueueWatch {
+    /// One tick's mean answer time: whether the source counts as queued now.
+    fn tick(&mut self, mean: Duration, quickest: Duration, slack: Duration) -> bool {
+        let slow = mean * 2 > quickest * 5 && mean > quickest + slack;
+        self.slow_ticks = if slow {
+            self.slow_ticks.saturating_add(1)
+        } else {
+            0
+        };
+        self.slow_ticks >= QUEUE_TICKS
     }
 }
 
@@ -1157,6 +1183,7 @@ impl Driver {
                     far,
                     holds_far_until,
                     queued: false,
+                    watch: QueueWatch::default(),
                     bits: None,
                     holds: 0,
                     last_news: now,
@@ -1209,7 +1236,7 @@ impl Driver {
                 } else {
                     QUEUED
                 };
-                let queued = mean * 2 > src.quickest * 5 && mean > src.quickest + slack;
+                let queued = src.watch.tick(mean, src.quickest, slack);
                 if !src.far && queued != src.queued {
                     if let Some(bits) = &src.bits {
                         self.holders.queue(bits, queued);
@@ -1731,6 +1758,33 @@ mod tests {
             .map(|p| Crew::new(*p, peers[..3].iter().copied()))
             .collect();
         assert!((0..1000).all(|i| three.iter().filter(|c| c.brings(i)).count() == 1));
+    }
+
+    #[test]
+    fn a_queue_counts_only_once_it_lasts() {
+        let ms = Duration::from_millis;
+        let mut watch = QueueWatch::default();
+        // A moment without CPU: one slow tick, then quick ones again.
+        assert!(!watch.tick(ms(300), ms(2), SEED_QUEUED));
+        assert!(!watch.tick(ms(3), ms(2), SEED_QUEUED));
+        assert!(!watch.tick(ms(300), ms(2), SEED_QUEUED));
+        assert!(!watch.tick(ms(300), ms(2), SEED_QUEUED));
+        // A queue at its link: slow tick after tick.
+        assert!(watch.tick(ms(300), ms(2), SEED_QUEUED));
+        assert!(watch.tick(ms(250), ms(2), SEED_QUEUED));
+        // One quick tick clears it.
+        assert!(!watch.tick(ms(20), ms(2), SEED_QUEUED));
+        // Within the slack, or under 2.5 times the quickest, is no queue.
+        for (mean, quickest, slack) in [
+            (ms(40), ms(2), SEED_QUEUED),
+            (ms(240), ms(100), SEED_QUEUED),
+            (ms(900), ms(2), QUEUED),
+        ] {
+            let mut watch = QueueWatch::default();
+            for _ in 0..2 * QUEUE_TICKS {
+                assert!(!watch.tick(mean, quickest, slack));
+            }
+        }
     }
 
     #[test]
