@@ -211,7 +211,6 @@ fn clear_bit(bits: &mut [u8], i: usize) {
 /// An artifact this peer can serve (wholly or in part).
 pub struct Held {
     pub manifest: Arc<Manifest>,
-    manifest_bytes: Vec<u8>,
     bits: Mutex<Vec<u8>>,
     count: AtomicUsize,
     /// Bumped whenever a block arrives.
@@ -219,7 +218,7 @@ pub struct Held {
 }
 
 impl Held {
-    fn new(manifest: Manifest, manifest_bytes: Vec<u8>, store: &BlockStore) -> Self {
+    fn new(manifest: Manifest, store: &BlockStore) -> Self {
         let mut bits = vec![0u8; manifest.len().div_ceil(8)];
         let mut count = 0;
         for i in 0..manifest.len() {
@@ -230,7 +229,6 @@ impl Held {
         }
         Self {
             manifest: Arc::new(manifest),
-            manifest_bytes,
             bits: Mutex::new(bits),
             count: AtomicUsize::new(count),
             changed: watch::channel(0).0,
@@ -430,11 +428,12 @@ impl Exchange {
         }
         let bytes = self.store.manifest_bytes(id).ok()??;
         let manifest = Manifest::decode(&bytes, id).ok()?;
-        self.insert(id, manifest, bytes)
+        drop(bytes);
+        self.insert(id, manifest)
     }
 
-    fn insert(&self, id: &Hash, manifest: Manifest, bytes: Vec<u8>) -> Option<Arc<Held>> {
-        let held = Arc::new(Held::new(manifest, bytes, &self.store));
+    fn insert(&self, id: &Hash, manifest: Manifest) -> Option<Arc<Held>> {
+        let held = Arc::new(Held::new(manifest, &self.store));
         let mut map = self.held.lock().unwrap_or_else(|p| p.into_inner());
         Some(map.entry(*id).or_insert(held).clone())
     }
@@ -496,12 +495,24 @@ impl Exchange {
             return Err(ExchangeError::Protocol("expected Open".into()));
         };
         let id: Option<Hash> = artifact.as_slice().try_into().ok();
-        let Some(held) = id.and_then(|id| self.held(&id)) else {
+        let Some((id, held)) = id.and_then(|id| Some((id, self.held(&id)?))) else {
             return write_frame(&mut wr, &Frame::Unknown).await;
         };
         if manifest {
-            let bytes = ByteBuf::from(held.manifest_bytes.clone());
-            write_frame(&mut wr, &Frame::Manifest { bytes }).await?;
+            // Read when asked (once per fetcher) rather than kept beside
+            // the decoded one: 32 bytes a block, per artifact held.
+            let store = self.store.clone();
+            let bytes = tokio::task::spawn_blocking(move || store.manifest_bytes(&id))
+                .await
+                .ok()
+                .and_then(|read| read.ok().flatten());
+            let frame = match bytes {
+                Some(bytes) => Frame::Manifest {
+                    bytes: ByteBuf::from(bytes),
+                },
+                None => Frame::Unknown, // collected meanwhile
+            };
+            write_frame(&mut wr, &frame).await?;
             return Ok(()); // a manifest stream carries nothing else
         }
         let mut changes = held.changed.subscribe();
@@ -739,7 +750,8 @@ impl Exchange {
                     Ok(Some(bytes)) => {
                         if let Ok(m) = Manifest::decode(&bytes, id) {
                             self.store.put_manifest_bytes(id, &bytes)?;
-                            if let Some(h) = self.insert(id, m, bytes) {
+                            drop(bytes);
+                            if let Some(h) = self.insert(id, m) {
                                 return Ok(h);
                             }
                         }
