@@ -160,9 +160,18 @@ pub enum ExchangeError {
 }
 
 async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &Frame) -> Result<(), ExchangeError> {
-    // Encode behind a length placeholder: one buffer, one copy of a block.
-    let mut buf = cbor4ii::serde::to_vec(vec![0u8; 4], frame)
-        .map_err(|e| ExchangeError::Protocol(e.to_string()))?;
+    // Encode behind a length placeholder: one buffer, sized beforehand, and
+    // one copy of a block.
+    let payload = match frame {
+        Frame::Block { data, .. } => data.len(),
+        Frame::Manifest { bytes } => bytes.len(),
+        Frame::Have { bits } => bits.len(),
+        _ => 0,
+    };
+    let mut buf = Vec::with_capacity(payload + 64);
+    buf.extend_from_slice(&[0u8; 4]);
+    let mut buf =
+        cbor4ii::serde::to_vec(buf, frame).map_err(|e| ExchangeError::Protocol(e.to_string()))?;
     let len = u32::try_from(buf.len() - 4)
         .map_err(|_| ExchangeError::Protocol("frame too large".into()))?;
     buf[..4].copy_from_slice(&len.to_be_bytes());
@@ -184,11 +193,10 @@ async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, limit: usize) -> Result<Fra
             "frame of {n} bytes over the {limit}-byte limit"
         )));
     }
-    let mut body = Vec::with_capacity(n);
-    r.take(n as u64).read_to_end(&mut body).await?;
-    if body.len() != n {
-        return Err(ExchangeError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-    }
+    // Read into exactly n bytes: `read_to_end` would grow a full buffer
+    // once more to look for the end (a copy and a fill of a block's size).
+    let mut body = vec![0u8; n];
+    r.read_exact(&mut body).await?;
     cbor4ii::serde::from_slice(&body).map_err(|e| ExchangeError::Protocol(e.to_string()))
 }
 
