@@ -434,9 +434,7 @@ impl Exchange {
         if let Some(h) = self.held.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
             return Some(h.clone());
         }
-        let bytes = self.store.manifest_bytes(id).ok()??;
-        let manifest = Manifest::decode(&bytes, id).ok()?;
-        drop(bytes);
+        let manifest = self.store.manifest(id).ok()??;
         self.insert(id, manifest)
     }
 
