@@ -876,8 +876,8 @@ struct Source {
     far: bool,
     /// Until then, far sources wait for this near one to say what it holds.
     holds_far_until: Option<Instant>,
-    /// Its answers lately show a queue there (see [`SEED_QUEUED`], [`QUEUED`]).
-    queued: bool,
+    /// Whether its answers lately show a queue there (see [`SEED_QUEUED`],
+    /// [`QUEUED`]).
     watch: QueueWatch,
     bits: Option<Vec<u8>>,
     /// How many blocks it holds (the bits set).
@@ -903,7 +903,7 @@ struct Source {
 impl Source {
     /// Whether the blocks it holds keep far sources from being asked.
     fn counts_near(&self) -> bool {
-        !self.far && !self.queued
+        !self.far && !self.watch.queued()
     }
 }
 
@@ -924,6 +924,10 @@ impl QueueWatch {
         } else {
             0
         };
+        self.queued()
+    }
+
+    fn queued(&self) -> bool {
         self.slow_ticks >= QUEUE_TICKS
     }
 }
@@ -1200,7 +1204,6 @@ impl Driver {
                     cmds,
                     far,
                     holds_far_until,
-                    queued: false,
                     watch: QueueWatch::default(),
                     bits: None,
                     holds: 0,
@@ -1254,14 +1257,14 @@ impl Driver {
                 } else {
                     QUEUED
                 };
+                let was = src.watch.queued();
                 let queued = src.watch.tick(mean, src.quickest, slack);
-                if !src.far && queued != src.queued {
+                if !src.far && queued != was {
                     if let Some(bits) = &src.bits {
                         self.holders.queue(bits, queued);
                     }
                     debug!(source = %peer, queued, "nearby source's queue");
                 }
-                src.queued = queued;
                 trace!(
                     source = %peer,
                     answers,
