@@ -100,6 +100,14 @@ const QUEUE_TICKS: u32 = 3;
 /// A nearby fetcher that said it holds a new block within this long is
 /// still bringing its share across (see [`Crew`]).
 const ACTIVE: Duration = Duration::from_secs(2);
+/// How long a server holding blocks no one was sent yet (the builder, at
+/// first) answers [`Frame::Later`] to a second ask for a block it sent as a
+/// first copy: about the time its first recipient takes to get it and say
+/// so. Every first copy leaves through the seed's one link, and a second
+/// copy from it would come before some block only it holds.
+const HOLD: Duration = Duration::from_secs(2);
+/// How long an asker leaves a block alone at a source that said `Later`.
+const LATER: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Frame {
@@ -107,6 +115,11 @@ enum Frame {
         v: u8,
         artifact: ByteBuf,
         manifest: bool,
+        /// The asker understands [`Frame::Later`] (a server that predates
+        /// it ignores the field, and one that knows it never sends it to an
+        /// asker that does not set it).
+        #[serde(default)]
+        later: bool,
     },
     Manifest {
         bytes: ByteBuf,
@@ -129,6 +142,12 @@ enum Frame {
         data: ByteBuf,
     },
     DontHave {
+        index: u32,
+    },
+    /// The block went out from here a moment ago as its first copy, and
+    /// blocks no one was sent yet are waiting: ask its new holder, or ask
+    /// again later (see [`HOLD`]).
+    Later {
         index: u32,
     },
 }
@@ -223,6 +242,55 @@ pub struct Held {
     count: AtomicUsize,
     /// Bumped whenever a block arrives.
     changed: watch::Sender<u64>,
+    sends: Mutex<Sends>,
+}
+
+/// Which blocks held here no one was sent yet, and which went out lately
+/// as first copies (see [`HOLD`]).
+struct Sends {
+    /// Blocks that were here without being fetched (a local build, or the
+    /// store at start) and have not been sent since.
+    unsent: Vec<u8>,
+    unsent_count: usize,
+    /// First copies sent within [`HOLD`], oldest first, and the same as a set.
+    recent: VecDeque<(Instant, u32)>,
+    recent_set: HashSet<u32>,
+}
+
+impl Sends {
+    fn fresh(&mut self, i: usize) {
+        if !bit(&self.unsent, i) {
+            set_bit(&mut self.unsent, i);
+            self.unsent_count += 1;
+        }
+    }
+
+    fn gone(&mut self, i: usize) {
+        if bit(&self.unsent, i) {
+            clear_bit(&mut self.unsent, i);
+            self.unsent_count -= 1;
+        }
+    }
+
+    /// Whether block `i` may go out now: a first copy always does (and is
+    /// remembered); a second one of a first copy sent within [`HOLD`] waits
+    /// while blocks no one was sent yet remain.
+    fn may_send(&mut self, i: u32, now: Instant) -> bool {
+        while let Some((t, b)) = self.recent.front().copied() {
+            if now.duration_since(t) < HOLD {
+                break;
+            }
+            self.recent.pop_front();
+            self.recent_set.remove(&b);
+        }
+        if bit(&self.unsent, i as usize) {
+            self.gone(i as usize);
+            self.recent.push_back((now, i));
+            self.recent_set.insert(i);
+            return true;
+        }
+        self.unsent_count == 0 || !self.recent_set.contains(&i)
+    }
 }
 
 impl Held {
@@ -237,10 +305,20 @@ impl Held {
         }
         Self {
             manifest: Arc::new(manifest),
+            sends: Mutex::new(Sends {
+                unsent: bits.clone(),
+                unsent_count: count,
+                recent: VecDeque::new(),
+                recent_set: HashSet::new(),
+            }),
             bits: Mutex::new(bits),
             count: AtomicUsize::new(count),
             changed: watch::channel(0).0,
         }
+    }
+
+    fn sends(&self) -> std::sync::MutexGuard<'_, Sends> {
+        self.sends.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn bits(&self) -> Vec<u8> {
@@ -265,6 +343,9 @@ impl Held {
                 self.count.fetch_sub(1, Ordering::Relaxed);
             }
         }
+        if !present {
+            self.sends().gone(i);
+        }
         self.changed.send_modify(|n| *n += 1);
     }
 
@@ -273,6 +354,7 @@ impl Held {
     fn refresh(&self, store: &BlockStore) {
         for i in 0..self.manifest.len() {
             if !self.has(i) && store.has(&self.manifest.hash(i)) {
+                self.sends().fresh(i);
                 self.mark(i, true);
             }
         }
@@ -496,6 +578,7 @@ impl Exchange {
             v: VERSION,
             artifact,
             manifest,
+            later,
         } = open
         else {
             return Err(ExchangeError::Protocol("expected Open".into()));
@@ -544,7 +627,7 @@ impl Exchange {
         let writer = async {
             let mut last_have = Instant::now();
             // Blocks read and not sent yet.
-            let mut ready: VecDeque<(u32, ReadBlock)> = VecDeque::new();
+            let mut ready: VecDeque<(u32, Answer)> = VecDeque::new();
             // Blocks arrived here that the asker has not been told of.
             let mut dirty = false;
             loop {
@@ -606,18 +689,33 @@ impl Exchange {
                         }
                         continue;
                     }
-                    let wanted: Vec<(u32, Option<Hash>)> = batch
+                    let now = Instant::now();
+                    // The hash of each block to read, or the answer instead.
+                    let wanted: Vec<(u32, Result<Hash, Answer>)> = batch
                         .into_iter()
                         .map(|index| {
                             let i = index as usize;
-                            (index, held.has(i).then(|| held.manifest.hash(i)))
+                            let what = if !held.has(i) {
+                                Err(Answer::DontHave)
+                            } else if later && !held.sends().may_send(index, now) {
+                                Err(Answer::Later)
+                            } else {
+                                Ok(held.manifest.hash(i))
+                            };
+                            (index, what)
                         })
                         .collect();
                     let store = self.store.clone();
                     ready = tokio::task::spawn_blocking(move || {
                         wanted
                             .into_iter()
-                            .map(|(index, hash)| (index, hash.map(|h| store.read_raw(&h))))
+                            .map(|(index, what)| {
+                                let answer = match what {
+                                    Ok(hash) => Answer::Block(store.read_raw(&hash)),
+                                    Err(answer) => answer,
+                                };
+                                (index, answer)
+                            })
                             .collect()
                     })
                     .await
@@ -635,15 +733,19 @@ impl Exchange {
                     continue;
                 }
                 let data = match data {
-                    Some(Ok(data)) => data,
-                    Some(Err(_)) => {
+                    Answer::Block(Ok(data)) => data,
+                    Answer::Block(Err(_)) => {
                         // Gone from the store since: stop offering it.
                         held.mark(index as usize, false);
                         write_frame(&mut wr, &Frame::DontHave { index }).await?;
                         continue;
                     }
-                    None => {
+                    Answer::DontHave => {
                         write_frame(&mut wr, &Frame::DontHave { index }).await?;
+                        continue;
+                    }
+                    Answer::Later => {
+                        write_frame(&mut wr, &Frame::Later { index }).await?;
                         continue;
                     }
                 };
@@ -787,6 +889,7 @@ impl Exchange {
                     v: VERSION,
                     artifact: ByteBuf::from(id.to_vec()),
                     manifest: true,
+                    later: false,
                 },
             )
             .await?;
@@ -801,8 +904,12 @@ impl Exchange {
     }
 }
 
-/// A wanted block as read by a server: `None` if it does not hold it.
-type ReadBlock = Option<Result<Vec<u8>, BlockError>>;
+/// A server's answer to one wanted block.
+enum Answer {
+    Block(Result<Vec<u8>, BlockError>),
+    DontHave,
+    Later,
+}
 
 #[derive(Default)]
 struct WantQueue {
@@ -863,6 +970,7 @@ enum Event {
         landed: Instant,
     },
     DontHave(u32),
+    Later(u32),
     Bad(u32),
     /// The source does not (yet) have the artifact.
     Unknown,
@@ -887,6 +995,8 @@ struct Source {
     last_news: Instant,
     /// Blocks asked of this source, and when.
     wanted: HashMap<u32, Instant>,
+    /// Blocks it said to ask for later (see [`Frame::Later`]), and until when.
+    later: HashMap<u32, Instant>,
     inflight_bytes: u64,
     /// Bytes it may have in flight (see [`next_window`]).
     window: u64,
@@ -1104,6 +1214,10 @@ impl Driver {
                     }
                 }
                 _ = tick.tick() => {
+                    let now = Instant::now();
+                    for src in self.sources.values_mut() {
+                        src.later.retain(|_, until| *until > now);
+                    }
                     self.resync();
                     self.adapt_windows();
                     self.check_stalls();
@@ -1209,6 +1323,7 @@ impl Driver {
                     holds: 0,
                     last_news: now,
                     wanted: HashMap::new(),
+                    later: HashMap::new(),
                     window: WINDOW,
                     quickest: Duration::MAX,
                     answers: 0,
@@ -1392,6 +1507,20 @@ impl Driver {
                     }
                 }
             }
+            Event::Later(index) => {
+                let i = index as usize;
+                if let Some(src) = self.sources.get_mut(&peer) {
+                    if src.wanted.remove(&index).is_some() {
+                        src.inflight_bytes = src
+                            .inflight_bytes
+                            .saturating_sub(self.held.manifest.size_of(i));
+                        self.inflight[i] = self.inflight[i].saturating_sub(1);
+                    }
+                    let now = Instant::now();
+                    src.later.insert(index, now + LATER);
+                    src.last_data = now;
+                }
+            }
             Event::Bad(index) => {
                 debug!(%peer, index, "corrupt block");
                 self.ex.stats.bad_blocks.fetch_add(1, Ordering::Relaxed);
@@ -1463,8 +1592,11 @@ impl Driver {
             };
             let (rank, parts) = share(&self.ex.local, self.sources.keys(), &peer);
             let (inflight, holders, far) = (&self.inflight, &self.holders, src.far);
+            let later = &src.later;
             let free = |i: usize| {
-                if far && (holders.near_holds(i) || !crew.brings(i)) {
+                let held_back = far && (holders.near_holds(i) || !crew.brings(i));
+                let later = !later.is_empty() && later.get(&(i as u32)).is_some_and(|t| *t > now);
+                if held_back || later {
                     false
                 } else if endgame {
                     inflight[i] == 1 && !src.wanted.contains_key(&(i as u32))
@@ -1627,6 +1759,7 @@ async fn session(
                 v: VERSION,
                 artifact: ByteBuf::from(id.to_vec()),
                 manifest: false,
+                later: true,
             },
         )
         .await?;
@@ -1666,6 +1799,7 @@ async fn session(
                     }
                     Frame::HaveMore { blocks } => send(Event::HaveMore(blocks)).await,
                     Frame::DontHave { index } => send(Event::DontHave(index)).await,
+                    Frame::Later { index } => send(Event::Later(index)).await,
                     other => return Err(ExchangeError::Protocol(format!("unexpected {other:?}"))),
                 }
             }
@@ -1852,6 +1986,42 @@ mod tests {
         }
         // A fetcher alone with the seed has it all.
         assert_eq!(share(&fetchers[0], [seed].iter(), &seed), (0, 1));
+    }
+
+    #[test]
+    fn a_first_copy_goes_before_a_second_one_for_a_while() {
+        let ms = Duration::from_millis;
+        let mut sends = Sends {
+            unsent: vec![0b0000_0111],
+            unsent_count: 3,
+            recent: VecDeque::new(),
+            recent_set: HashSet::new(),
+        };
+        let t0 = Instant::now();
+        // First copies go; a second one waits while blocks 1 and 2 do.
+        assert!(sends.may_send(0, t0));
+        assert!(!sends.may_send(0, t0 + ms(100)));
+        // A block that arrived by fetch is held elsewhere: it always goes.
+        assert!(sends.may_send(5, t0 + ms(100)));
+        assert!(sends.may_send(5, t0 + ms(100)));
+        // Not for longer than HOLD.
+        assert!(sends.may_send(0, t0 + HOLD));
+        assert!(sends.may_send(1, t0 + HOLD));
+        assert!(!sends.may_send(1, t0 + HOLD + ms(1)));
+        // Once every first copy went, nothing waits.
+        assert!(sends.may_send(2, t0 + HOLD + ms(2)));
+        assert!(sends.may_send(1, t0 + HOLD + ms(3)));
+        assert!(sends.may_send(2, t0 + HOLD + ms(3)));
+        // A block lost here is no longer waited for.
+        let mut sends = Sends {
+            unsent: vec![0b0000_0011],
+            unsent_count: 2,
+            recent: VecDeque::new(),
+            recent_set: HashSet::new(),
+        };
+        assert!(sends.may_send(0, t0));
+        sends.gone(1);
+        assert!(sends.may_send(0, t0 + ms(1)));
     }
 
     #[test]

@@ -235,3 +235,37 @@ async fn a_near_source_with_a_queue_does_not_hold_up_far_ones() {
         manifest.size
     );
 }
+
+/// A seed whose link is the narrow part sends each block once while two
+/// fetchers draw on it and on each other: a block asked of it a second
+/// time, while blocks no one has yet wait there, is had from the peer it
+/// went to instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_seed_sends_every_first_copy_before_a_second_one() {
+    let (_stop, shutdown) = watch::channel(false);
+    let seed = node_limited(vec![], &shutdown, 2 << 20).await;
+    let boot = seed.client.listen_addrs()[0].clone();
+    let b = node(vec![boot.clone()], &shutdown).await;
+    let c = node(vec![boot], &shutdown).await;
+    let file = random_file(8 << 20, 31);
+    let (id, manifest) = seed.ex.store.import(file.path()).unwrap();
+    let (ps, pb, pc) = (
+        seed.client.local_peer_id(),
+        b.client.local_peer_id(),
+        c.client.local_peer_id(),
+    );
+    let (got_b, got_c) = tokio::join!(fetch(&b, id, vec![ps, pc]), fetch(&c, id, vec![ps, pb]));
+    b.ex.store.verify(&got_b).unwrap();
+    c.ex.store.verify(&got_c).unwrap();
+    let served = seed.ex.stats.served_bytes.load(Ordering::Relaxed);
+    let (from_b, from_c) = (
+        b.ex.stats.served_bytes.load(Ordering::Relaxed),
+        c.ex.stats.served_bytes.load(Ordering::Relaxed),
+    );
+    assert!(
+        served * 100 <= manifest.size * 103,
+        "the seed sent {served} bytes of a {} byte artifact (B sent {from_b}, C {from_c})",
+        manifest.size
+    );
+    assert!(from_b > 0 && from_c > 0, "B sent {from_b}, C {from_c}");
+}
