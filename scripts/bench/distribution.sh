@@ -18,7 +18,10 @@
 # into that many `--region`s, in order (h0.. in r0), and counts the block
 # bytes that crossed between them; REGION_DELAY (say 50ms) is then the
 # one-way delay between hosts of different regions instead of DELAY (the
-# baselines run with it too).
+# baselines run with it too). TCP_CC (say cubic) is the TCP congestion
+# control of every host, shoal's and the baselines' alike, instead of the
+# machine's default (set as the default while the script runs, since
+# namespaces take it when they are made; put back on exit).
 # Needs root (namespaces, tc, iptables); installs its packages with apt.
 # Cleans up its namespaces, processes and files on any exit.
 set -euo pipefail
@@ -67,17 +70,26 @@ stop_peers() {
   PIDS=()
 }
 REGION_DELAY_PID=""
+CC_BEFORE=""
 cleanup() {
   stop_peers
   [ -n "$REGION_DELAY_PID" ] && kill "$REGION_DELAY_PID" 2>/dev/null
   "$NB" teardown >/dev/null 2>&1 || true
+  [ -n "$CC_BEFORE" ] && sysctl -qw net.ipv4.tcp_congestion_control="$CC_BEFORE"
   rm -rf "$W"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
+if [ -n "${TCP_CC:-}" ]; then
+  grep -qw "$TCP_CC" /proc/sys/net/ipv4/tcp_available_congestion_control || modprobe "tcp_$TCP_CC" 2>/dev/null ||
+    { echo "TCP congestion control '$TCP_CC' is not available here" >&2; exit 1; }
+  CC_BEFORE=$(sysctl -n net.ipv4.tcp_congestion_control)
+  sysctl -qw net.ipv4.tcp_congestion_control="$TCP_CC"
+fi
 echo "# shoal distribution benchmark: N=$N size=${SIZE}MiB rate=$RATE delay=$DELAY ($(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores)"
 "$NB" setup "$N" "$RATE" "$DELAY"
+CC=$(inns "$(ns 0)" sysctl -n net.ipv4.tcp_congestion_control)
 STATE=/dev/shm/netbench-$NB_PREFIX
 if [ -n "${REGION_DELAY:-}" ] && [ "$REGIONS" -gt 1 ]; then
   # Packets between regions wait in a second user-space queue instead.
@@ -214,7 +226,7 @@ ratio() { [[ "$1" =~ ^[0-9.]+$ ]] && calc "$1/$BOUND" || echo -; }
 faster() { [[ "$1" =~ ^[0-9.]+$ ]] && calc "$1/$T" || echo -; }
 
 echo
-echo "N=$N  S=${SIZE} MiB  B=$RATE per host each way  delay=$DELAY one-way${REGION_DELAY:+ ($REGION_DELAY between regions)}  regions=$REGIONS  cores=$(nproc)"
+echo "N=$N  S=${SIZE} MiB  B=$RATE per host each way  delay=$DELAY one-way${REGION_DELAY:+ ($REGION_DELAY between regions)}  regions=$REGIONS  cores=$(nproc)  tcp=$CC"
 echo "link check: $(cat "$STATE/check" 2>/dev/null || echo -)"
 printf '%-40s %9s %12s %14s\n' method seconds "ratio_to_S/B" "shoal_faster_x"
 printf '%-40s %9s %12s %14s\n' "bound S/B" "$BOUND" 1.00 -
