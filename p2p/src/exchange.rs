@@ -1490,13 +1490,8 @@ impl Driver {
             }
             Event::DontHave(index) => {
                 let i = index as usize;
+                self.unask(&peer, index);
                 if let Some(src) = self.sources.get_mut(&peer) {
-                    if src.wanted.remove(&index).is_some() {
-                        src.inflight_bytes = src
-                            .inflight_bytes
-                            .saturating_sub(self.held.manifest.size_of(i));
-                        self.inflight[i] = self.inflight[i].saturating_sub(1);
-                    }
                     let counts_near = src.counts_near();
                     if let Some(bits) = src.bits.as_mut() {
                         if bit(bits, i) {
@@ -1508,14 +1503,8 @@ impl Driver {
                 }
             }
             Event::Later(index) => {
-                let i = index as usize;
+                self.unask(&peer, index);
                 if let Some(src) = self.sources.get_mut(&peer) {
-                    if src.wanted.remove(&index).is_some() {
-                        src.inflight_bytes = src
-                            .inflight_bytes
-                            .saturating_sub(self.held.manifest.size_of(i));
-                        self.inflight[i] = self.inflight[i].saturating_sub(1);
-                    }
                     let now = Instant::now();
                     src.later.insert(index, now + LATER);
                     src.last_data = now;
@@ -1531,6 +1520,20 @@ impl Driver {
             Event::Closed(reason) => {
                 debug!(%peer, %reason, "source closed");
                 self.drop_source(&peer, Duration::from_secs(1));
+            }
+        }
+    }
+
+    /// Takes block `index` off what `peer` was asked for (it answered
+    /// without the block).
+    fn unask(&mut self, peer: &PeerId, index: u32) {
+        let i = index as usize;
+        if let Some(src) = self.sources.get_mut(peer) {
+            if src.wanted.remove(&index).is_some() {
+                src.inflight_bytes = src
+                    .inflight_bytes
+                    .saturating_sub(self.held.manifest.size_of(i));
+                self.inflight[i] = self.inflight[i].saturating_sub(1);
             }
         }
     }
