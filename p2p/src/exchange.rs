@@ -258,6 +258,16 @@ struct Sends {
 }
 
 impl Sends {
+    /// `unsent` blocks (a bitmap) of which `unsent_count` are set.
+    fn new(unsent: Vec<u8>, unsent_count: usize) -> Self {
+        Self {
+            unsent,
+            unsent_count,
+            recent: VecDeque::new(),
+            recent_set: HashSet::new(),
+        }
+    }
+
     fn fresh(&mut self, i: usize) {
         if !bit(&self.unsent, i) {
             set_bit(&mut self.unsent, i);
@@ -305,12 +315,7 @@ impl Held {
         }
         Self {
             manifest: Arc::new(manifest),
-            sends: Mutex::new(Sends {
-                unsent: bits.clone(),
-                unsent_count: count,
-                recent: VecDeque::new(),
-                recent_set: HashSet::new(),
-            }),
+            sends: Mutex::new(Sends::new(bits.clone(), count)),
             bits: Mutex::new(bits),
             count: AtomicUsize::new(count),
             changed: watch::channel(0).0,
@@ -1449,13 +1454,12 @@ impl Driver {
             Event::Stored { index, new, landed } => {
                 let i = index as usize;
                 let size = self.held.manifest.size_of(i);
+                let asked = self.unask(&peer, index);
                 if let Some(src) = self.sources.get_mut(&peer) {
                     if src.far {
                         self.ex.stats.far_bytes.fetch_add(size, Ordering::Relaxed);
                     }
-                    if let Some(asked) = src.wanted.remove(&index) {
-                        src.inflight_bytes = src.inflight_bytes.saturating_sub(size);
-                        self.inflight[i] = self.inflight[i].saturating_sub(1);
+                    if let Some(asked) = asked {
                         let waited = asked.elapsed();
                         src.quickest = src.quickest.min(waited);
                         src.answers += 1;
@@ -1524,18 +1528,17 @@ impl Driver {
         }
     }
 
-    /// Takes block `index` off what `peer` was asked for (it answered
-    /// without the block).
-    fn unask(&mut self, peer: &PeerId, index: u32) {
+    /// Takes block `index` off what `peer` was asked for (it answered),
+    /// returning when it was asked (`None` if it was not).
+    fn unask(&mut self, peer: &PeerId, index: u32) -> Option<Instant> {
         let i = index as usize;
-        if let Some(src) = self.sources.get_mut(peer) {
-            if src.wanted.remove(&index).is_some() {
-                src.inflight_bytes = src
-                    .inflight_bytes
-                    .saturating_sub(self.held.manifest.size_of(i));
-                self.inflight[i] = self.inflight[i].saturating_sub(1);
-            }
-        }
+        let src = self.sources.get_mut(peer)?;
+        let asked = src.wanted.remove(&index)?;
+        src.inflight_bytes = src
+            .inflight_bytes
+            .saturating_sub(self.held.manifest.size_of(i));
+        self.inflight[i] = self.inflight[i].saturating_sub(1);
+        Some(asked)
     }
 
     /// This peer and the nearby sources still fetching (see [`Crew`]).
@@ -1595,11 +1598,10 @@ impl Driver {
             };
             let (rank, parts) = share(&self.ex.local, self.sources.keys(), &peer);
             let (inflight, holders, far) = (&self.inflight, &self.holders, src.far);
-            let later = &src.later;
             let free = |i: usize| {
                 let held_back = far && (holders.near_holds(i) || !crew.brings(i));
-                let later = !later.is_empty() && later.get(&(i as u32)).is_some_and(|t| *t > now);
-                if held_back || later {
+                let deferred = src.later.get(&(i as u32)).is_some_and(|t| *t > now);
+                if held_back || deferred {
                     false
                 } else if endgame {
                     inflight[i] == 1 && !src.wanted.contains_key(&(i as u32))
@@ -1994,12 +1996,7 @@ mod tests {
     #[test]
     fn a_first_copy_goes_before_a_second_one_for_a_while() {
         let ms = Duration::from_millis;
-        let mut sends = Sends {
-            unsent: vec![0b0000_0111],
-            unsent_count: 3,
-            recent: VecDeque::new(),
-            recent_set: HashSet::new(),
-        };
+        let mut sends = Sends::new(vec![0b0000_0111], 3);
         let t0 = Instant::now();
         // First copies go; a second one waits while blocks 1 and 2 do.
         assert!(sends.may_send(0, t0));
@@ -2016,12 +2013,7 @@ mod tests {
         assert!(sends.may_send(1, t0 + HOLD + ms(3)));
         assert!(sends.may_send(2, t0 + HOLD + ms(3)));
         // A block lost here is no longer waited for.
-        let mut sends = Sends {
-            unsent: vec![0b0000_0011],
-            unsent_count: 2,
-            recent: VecDeque::new(),
-            recent_set: HashSet::new(),
-        };
+        let mut sends = Sends::new(vec![0b0000_0011], 2);
         assert!(sends.may_send(0, t0));
         sends.gone(1);
         assert!(sends.may_send(0, t0 + ms(1)));
