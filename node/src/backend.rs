@@ -657,6 +657,7 @@ impl web::Backend for NodeBackend {
             .map(|s| (s.as_str(), counts.get(s).copied().unwrap_or(0)))
             .collect();
         let mut out = self.metrics.render(&rows);
+        crate::metrics::render_connections(&mut out, self.p2p.connection_counts());
         crate::metrics::render_exchange(&mut out, &self.exchange);
         out
     }

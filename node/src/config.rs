@@ -73,9 +73,13 @@ pub struct NodeConfig {
     #[arg(long, env = "SHOAL_REGION", default_value = "default")]
     pub region: String,
     /// Private-network key file (libp2p PSK format): only peers with the
-    /// same key can connect.
+    /// same key can connect (over TCP only: QUIC is then off).
     #[arg(long, env = "SHOAL_PSK_FILE")]
     pub psk_file: Option<PathBuf>,
+    /// Peer over TCP only: no QUIC on the UDP port of the same number as
+    /// the p2p port (for networks that drop UDP).
+    #[arg(long, env = "SHOAL_NO_QUIC")]
+    pub no_quic: bool,
     /// Token for writes; generated into `<data>/admin-token` if not given.
     #[arg(long, env = "SHOAL_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,

@@ -63,6 +63,21 @@ impl NodeMetrics {
     }
 }
 
+/// Open peer connections, by transport.
+pub fn render_connections(out: &mut String, counts: p2p::net::ConnectionCounts) {
+    let _ = writeln!(
+        out,
+        "# HELP shoal_p2p_connections Open connections to other peers, by transport."
+    );
+    let _ = writeln!(out, "# TYPE shoal_p2p_connections gauge");
+    for (transport, n) in [("quic", counts.quic), ("tcp", counts.tcp)] {
+        let _ = writeln!(
+            out,
+            "shoal_p2p_connections{{transport=\"{transport}\"}} {n}"
+        );
+    }
+}
+
 /// The block store and exchange counters.
 pub fn render_exchange(out: &mut String, ex: &p2p::exchange::Exchange) {
     use std::sync::atomic::Ordering::Relaxed;

@@ -177,6 +177,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         listen: p2p::net::tcp_listen_addr(cfg.listen, cfg.p2p_port),
         bootstrap,
         psk,
+        quic: !cfg.no_quic,
     };
     let lease = cfg.lease.max(std::time::Duration::from_millis(1500));
     let mesh = Mesh::start(

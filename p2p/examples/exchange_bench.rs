@@ -61,6 +61,7 @@ async fn main() {
             listen: net::tcp_listen_addr("127.0.0.1".parse().unwrap(), 0),
             bootstrap: boot.clone(),
             psk: None,
+            quic: true,
         };
         let (client, events, _task) = net::spawn(cfg, shutdown.clone()).unwrap();
         client.listening().await.unwrap();

@@ -44,6 +44,17 @@ pub struct NetConfig {
     pub bootstrap: Vec<Multiaddr>,
     /// Private network key: only peers with the same key can connect.
     pub psk: Option<PreSharedKey>,
+    /// Also listen and dial over QUIC, on the UDP port of the same number
+    /// as `listen`'s TCP port, and prefer it where both ends can. Ignored
+    /// with a `psk`: the private-network handshake exists over TCP only.
+    pub quic: bool,
+}
+
+impl NetConfig {
+    /// Whether this peer runs QUIC beside TCP.
+    pub fn quic_enabled(&self) -> bool {
+        self.quic && self.psk.is_none()
+    }
 }
 
 /// What the network tells the application.
@@ -94,12 +105,20 @@ pub(crate) enum Command {
     },
 }
 
+/// Open connections, by transport.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionCounts {
+    pub quic: usize,
+    pub tcp: usize,
+}
+
 /// A handle on the swarm task.
 #[derive(Clone)]
 pub struct Client {
     tx: mpsc::Sender<Command>,
     local: PeerId,
     listen: watch::Receiver<Vec<Multiaddr>>,
+    connections: watch::Receiver<ConnectionCounts>,
     streams: libp2p_stream::Control,
 }
 
@@ -113,19 +132,26 @@ impl Client {
         self.streams.clone()
     }
 
-    /// The addresses the swarm listens on (empty until it does).
+    /// The addresses the swarm listens on, TCP ones first (empty until it
+    /// does).
     pub fn listen_addrs(&self) -> Vec<Multiaddr> {
-        self.listen.borrow().clone()
+        tcp_first(self.listen.borrow().clone())
     }
 
-    /// Waits until the swarm listens somewhere.
+    /// How many connections are open over each transport.
+    pub fn connection_counts(&self) -> ConnectionCounts {
+        *self.connections.borrow()
+    }
+
+    /// Waits until the swarm listens over TCP, and returns its addresses,
+    /// TCP ones first.
     pub async fn listening(&self) -> Result<Vec<Multiaddr>, NetError> {
         let mut rx = self.listen.clone();
         let addrs = rx
-            .wait_for(|a| !a.is_empty())
+            .wait_for(|a| a.iter().any(|a| !is_quic(a)))
             .await
             .map_err(|_| NetError::Shutdown)?;
-        Ok(addrs.clone())
+        Ok(tcp_first(addrs.clone()))
     }
 
     async fn send(&self, cmd: Command) -> Result<(), NetError> {
@@ -246,6 +272,17 @@ pub fn spawn(
     swarm
         .listen_on(cfg.listen.clone())
         .map_err(|e| NetError::Address(format!("{}: {e}", cfg.listen)))?;
+    let mut quic = cfg.quic_enabled();
+    if cfg.quic && !quic {
+        tracing::info!("QUIC is off: a private network runs over TCP only");
+    }
+    if let Some(addr) = quic.then(|| quic_twin(&cfg.listen)).flatten() {
+        // A peer that cannot bind the UDP port still works over TCP.
+        if let Err(err) = swarm.listen_on(addr.clone()) {
+            tracing::warn!(%addr, error = %err, "cannot listen over QUIC; TCP only");
+            quic = false;
+        }
+    }
     let (tx, rx) = mpsc::channel(COMMAND_BUFFER);
     let (events_tx, events) = mpsc::channel(EVENT_BUFFER);
     let (listen_tx, listen) = watch::channel(Vec::new());
@@ -256,13 +293,23 @@ pub fn spawn(
         .iter()
         .map(|a| strip_peer_id(a.clone()))
         .collect();
-    let task = SwarmTask::new(swarm, rx, events_tx, listen_tx, bootstrap);
+    let (connections_tx, connections) = watch::channel(ConnectionCounts::default());
+    let task = SwarmTask::new(
+        swarm,
+        rx,
+        events_tx,
+        listen_tx,
+        connections_tx,
+        bootstrap,
+        quic,
+    );
     let handle = tokio::spawn(task.run(shutdown));
     Ok((
         Client {
             tx,
             local,
             listen,
+            connections,
             streams,
         },
         events,
@@ -316,6 +363,37 @@ pub(crate) fn strip_peer_id(mut addr: Multiaddr) -> Multiaddr {
     addr
 }
 
+/// The QUIC address at the UDP port of the same number as `addr`'s TCP
+/// port (`/ip4/10.0.0.5/tcp/9000` → `/ip4/10.0.0.5/udp/9000/quic-v1`, and
+/// so for `/dns4/…` and `/ip6/…`); `None` for an address that is not TCP.
+pub fn quic_twin(addr: &Multiaddr) -> Option<Multiaddr> {
+    let mut out = Multiaddr::empty();
+    let mut tcp = false;
+    for p in addr.iter() {
+        match p {
+            Protocol::Tcp(port) if !tcp => {
+                tcp = true;
+                out.push(Protocol::Udp(port));
+                out.push(Protocol::QuicV1);
+            }
+            Protocol::Tcp(_) | Protocol::Ws(_) | Protocol::Wss(_) | Protocol::Tls => return None,
+            other => out.push(other),
+        }
+    }
+    tcp.then_some(out)
+}
+
+fn tcp_first(mut addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
+    addrs.sort_by_key(is_quic);
+    addrs
+}
+
+/// Whether `addr` is a QUIC address.
+pub fn is_quic(addr: &Multiaddr) -> bool {
+    addr.iter()
+        .any(|p| matches!(p, Protocol::QuicV1 | Protocol::Quic))
+}
+
 /// Parses a private-network key file (`/key/swarm/psk/1.0.0/` format).
 pub fn parse_psk(text: &str) -> Result<PreSharedKey, NetError> {
     text.parse::<PreSharedKey>()
@@ -362,4 +440,54 @@ pub fn tcp_listen_addr(ip: std::net::IpAddr, port: u16) -> Multiaddr {
     });
     addr.push(Protocol::Tcp(port));
     addr
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn addr(s: &str) -> Multiaddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_tcp_address_has_a_quic_twin_at_the_same_port() {
+        for (tcp, quic) in [
+            ("/ip4/10.0.0.5/tcp/9000", "/ip4/10.0.0.5/udp/9000/quic-v1"),
+            ("/ip6/::1/tcp/4001", "/ip6/::1/udp/4001/quic-v1"),
+            (
+                "/dns4/shoal-0.shoal/tcp/9000",
+                "/dns4/shoal-0.shoal/udp/9000/quic-v1",
+            ),
+        ] {
+            let twin = quic_twin(&addr(tcp)).unwrap();
+            assert_eq!(twin, addr(quic));
+            assert!(is_quic(&twin) && !is_quic(&addr(tcp)));
+        }
+        for other in [
+            "/ip4/10.0.0.5/udp/9000/quic-v1",
+            "/ip4/10.0.0.5/tcp/9000/ws",
+            "/ip4/10.0.0.5",
+        ] {
+            assert_eq!(quic_twin(&addr(other)), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn tcp_addresses_come_first() {
+        let sorted = tcp_first(vec![
+            addr("/ip4/127.0.0.1/udp/9000/quic-v1"),
+            addr("/ip4/127.0.0.1/tcp/9000"),
+            addr("/ip4/10.0.0.1/tcp/9000"),
+        ]);
+        assert_eq!(
+            sorted,
+            vec![
+                addr("/ip4/127.0.0.1/tcp/9000"),
+                addr("/ip4/10.0.0.1/tcp/9000"),
+                addr("/ip4/127.0.0.1/udp/9000/quic-v1"),
+            ]
+        );
+    }
 }

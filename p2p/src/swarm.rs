@@ -3,17 +3,20 @@
 //! connected (bootstrap redials, dials to known peers).
 
 use crate::behaviour::{Behaviour, BehaviourEvent};
-use crate::net::{strip_peer_id, Command, NetError, NetEvent};
+use crate::net::{
+    is_quic, quic_twin, strip_peer_id, Command, ConnectionCounts, NetError, NetEvent,
+};
 use crate::wire::{SyncRequest, SyncResponse};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use libp2p::core::ConnectedPoint;
 use libp2p::gossipsub::{self, IdentTopic};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response;
-use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{identify, kad, Multiaddr, PeerId, Swarm};
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
@@ -26,6 +29,9 @@ const KAD_BOOTSTRAP: Duration = Duration::from_secs(300);
 /// connected, so a change published with flood-publish reaches every peer in
 /// one hop; larger meshes rely on gossipsub relaying.
 const TARGET_CONNECTIONS: usize = 64;
+/// How long before a peer reached over TCP only is dialled over QUIC again
+/// (its UDP port may be closed or filtered).
+const QUIC_RETRY: Duration = Duration::from_secs(600);
 
 type PendingReply = std::pin::Pin<
     Box<
@@ -43,6 +49,7 @@ pub(crate) struct SwarmTask {
     commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<NetEvent>,
     listen: watch::Sender<Vec<Multiaddr>>,
+    connection_counts: watch::Sender<ConnectionCounts>,
     /// Addresses to stay joined through.
     bootstrap: Vec<Multiaddr>,
     /// Which peer answered at each bootstrap address.
@@ -59,6 +66,12 @@ pub(crate) struct SwarmTask {
     known: HashMap<PeerId, Vec<Multiaddr>>,
     /// Provider lookups under way, with what they found so far.
     lookups: HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, HashSet<PeerId>)>,
+    /// This peer runs QUIC beside TCP.
+    quic: bool,
+    /// Each peer's connections, and whether each is QUIC.
+    conns: HashMap<PeerId, HashMap<ConnectionId, bool>>,
+    /// When each peer reached over TCP was last dialled over QUIC.
+    quic_tried: HashMap<PeerId, Instant>,
 }
 
 impl SwarmTask {
@@ -67,13 +80,16 @@ impl SwarmTask {
         commands: mpsc::Receiver<Command>,
         events: mpsc::Sender<NetEvent>,
         listen: watch::Sender<Vec<Multiaddr>>,
+        connection_counts: watch::Sender<ConnectionCounts>,
         bootstrap: Vec<Multiaddr>,
+        quic: bool,
     ) -> Self {
         Self {
             swarm,
             commands,
             events,
             listen,
+            connection_counts,
             bootstrap,
             bootstrap_peers: HashMap::new(),
             pending: HashMap::new(),
@@ -81,6 +97,9 @@ impl SwarmTask {
             connected: HashSet::new(),
             known: HashMap::new(),
             lookups: HashMap::new(),
+            quic,
+            conns: HashMap::new(),
+            quic_tried: HashMap::new(),
         }
     }
 
@@ -107,8 +126,10 @@ impl SwarmTask {
         debug!("swarm task stopped");
     }
 
-    /// Redials bootstrap addresses whose peer is not connected, and dials
-    /// known peers while below the connection target.
+    /// Redials bootstrap addresses whose peer is not connected (a TCP
+    /// address over QUIC too, at the UDP port of the same number: whichever
+    /// answers first joins, and a QUIC connection then replaces a TCP one),
+    /// and dials known peers while below the connection target.
     fn maintain_connections(&mut self) {
         for addr in self.bootstrap.clone() {
             let up = self
@@ -116,8 +137,11 @@ impl SwarmTask {
                 .get(&addr)
                 .is_some_and(|p| self.connected.contains(p));
             if !up {
-                if let Err(err) = self.swarm.dial(addr.clone()) {
-                    debug!(%addr, error = %err, "bootstrap dial failed");
+                let twin = quic_twin(&addr).filter(|_| self.quic);
+                for addr in twin.into_iter().chain([addr]) {
+                    if let Err(err) = self.swarm.dial(addr.clone()) {
+                        debug!(%addr, error = %err, "bootstrap dial failed");
+                    }
                 }
             }
         }
@@ -130,11 +154,71 @@ impl SwarmTask {
                 .map(|(p, a)| (*p, a.clone()))
                 .collect();
             for (peer, addrs) in candidates {
-                let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
-                    .addresses(addrs)
-                    .build();
+                let opts = DialOpts::peer_id(peer).addresses(addrs).build();
                 let _ = self.swarm.dial(opts);
             }
+        }
+    }
+
+    /// Keeps one kind of connection per peer: once a QUIC connection to a
+    /// peer is up, its TCP ones close (streams would otherwise go over
+    /// either). A peer that runs TCP only keeps its TCP connections.
+    fn prefer_quic(&mut self, peer: PeerId, id: ConnectionId, quic: bool) {
+        let conns = self.conns.entry(peer).or_default();
+        conns.insert(id, quic);
+        self.count_connections();
+        let Some(conns) = self.conns.get(&peer) else {
+            return;
+        };
+        if !conns.values().any(|q| *q) {
+            return;
+        }
+        let tcp: Vec<ConnectionId> = conns
+            .iter()
+            .filter(|(_, q)| !**q)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in tcp {
+            debug!(%peer, "closing a TCP connection: QUIC is up");
+            self.swarm.close_connection(id);
+        }
+    }
+
+    fn count_connections(&self) {
+        let mut counts = ConnectionCounts::default();
+        for quic in self.conns.values().flat_map(|c| c.values()) {
+            if *quic {
+                counts.quic += 1;
+            } else {
+                counts.tcp += 1;
+            }
+        }
+        self.connection_counts.send_replace(counts);
+    }
+
+    /// Dials `peer`, reached over TCP only, at the QUIC addresses it
+    /// listens on (at most every [`QUIC_RETRY`]).
+    fn upgrade_to_quic(&mut self, peer: PeerId, addrs: &[Multiaddr]) {
+        let has_quic = self
+            .conns
+            .get(&peer)
+            .is_some_and(|c| c.values().any(|q| *q));
+        let quic: Vec<Multiaddr> = addrs.iter().filter(|a| is_quic(a)).cloned().collect();
+        let recent = self
+            .quic_tried
+            .get(&peer)
+            .is_some_and(|t| t.elapsed() < QUIC_RETRY);
+        if !self.quic || has_quic || quic.is_empty() || recent {
+            return;
+        }
+        self.quic_tried.insert(peer, Instant::now());
+        debug!(%peer, "dialling over QUIC");
+        let opts = DialOpts::peer_id(peer)
+            .condition(PeerCondition::Always)
+            .addresses(quic)
+            .build();
+        if let Err(err) = self.swarm.dial(opts) {
+            debug!(%peer, error = %err, "QUIC dial failed");
         }
     }
 
@@ -203,16 +287,26 @@ impl SwarmTask {
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
+                connection_id,
                 endpoint,
                 num_established,
                 ..
             } => {
                 if let ConnectedPoint::Dialer { address, .. } = &endpoint {
                     let bare = strip_peer_id(address.clone());
-                    if self.bootstrap.contains(&bare) {
-                        self.bootstrap_peers.insert(bare, peer_id);
+                    let entry = self
+                        .bootstrap
+                        .iter()
+                        .find(|b| **b == bare || quic_twin(b).as_ref() == Some(&bare));
+                    if let Some(entry) = entry {
+                        self.bootstrap_peers.insert(entry.clone(), peer_id);
                     }
                 }
+                self.prefer_quic(
+                    peer_id,
+                    connection_id,
+                    is_quic(endpoint.get_remote_address()),
+                );
                 if num_established.get() == 1 && self.connected.insert(peer_id) {
                     debug!(peer = %peer_id, "connected");
                     if self.connected.len() == 1 {
@@ -223,11 +317,21 @@ impl SwarmTask {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
+                num_established,
                 ..
-            } if self.connected.remove(&peer_id) => {
-                debug!(peer = %peer_id, "disconnected");
-                self.emit(NetEvent::Disconnected(peer_id));
+            } => {
+                if let Some(conns) = self.conns.get_mut(&peer_id) {
+                    conns.remove(&connection_id);
+                    if conns.is_empty() {
+                        self.conns.remove(&peer_id);
+                    }
+                }
+                self.count_connections();
+                if num_established == 0 && self.connected.remove(&peer_id) {
+                    debug!(peer = %peer_id, "disconnected");
+                    self.emit(NetEvent::Disconnected(peer_id));
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
@@ -246,6 +350,7 @@ impl SwarmTask {
                         .kad
                         .add_address(&peer_id, addr.clone());
                 }
+                self.upgrade_to_quic(peer_id, &addrs);
                 self.known.insert(peer_id, addrs);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated {

@@ -34,6 +34,7 @@ async fn node_limited(
         listen: net::tcp_listen_addr("127.0.0.1".parse().unwrap(), 0),
         bootstrap,
         psk: None,
+        quic: true,
     };
     let (client, events, _task) = net::spawn(cfg, shutdown.clone()).unwrap();
     client.listening().await.unwrap();

@@ -13,6 +13,7 @@ fn config(port: u16) -> NetConfig {
         listen: net::tcp_listen_addr("127.0.0.1".parse().unwrap(), port),
         bootstrap: Vec::new(),
         psk: None,
+        quic: true,
     }
 }
 

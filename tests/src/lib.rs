@@ -48,7 +48,7 @@ pub fn raw_get(addr: &str, target: &str, host: &str) -> String {
     out
 }
 
-/// A free TCP port on 127.0.0.1 for a peer's p2p listener, below the
+/// A free TCP and UDP port on 127.0.0.1 for a peer's p2p listeners, below the
 /// kernel's ephemeral range (32768 and up by default).
 ///
 /// A peer keeps its p2p port across a restart, as a real one would. A port
@@ -71,7 +71,10 @@ pub fn p2p_port() -> u16 {
     );
     for _ in 0..SPAN {
         let port = LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        // The peer listens over QUIC at the UDP port of the same number.
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
             return port;
         }
     }

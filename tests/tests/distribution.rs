@@ -360,6 +360,43 @@ async fn a_new_peer_serves_every_site_soon_after_joining() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_over_tcp_only_shares_sites_with_peers_over_quic() {
+    let mut mesh = Mesh::start(2).await.unwrap();
+    mesh.add_peer_with(&["--no-quic"]).await.unwrap();
+    mesh.wait_all_alive(Duration::from_secs(30)).await.unwrap();
+    let blob = random_bytes(4 << 20, 50);
+    let _repo = deploy_blob(&mesh.peers[2], "mixed", &blob).await;
+    wait_served(&mesh, "mixed", "/data.bin", &blob, Duration::from_secs(20)).await;
+    // The two that run QUIC talk over it; each keeps TCP with the third.
+    for peer in &mesh.peers[..2] {
+        wait_until(
+            "a QUIC peer to hold one QUIC and one TCP connection",
+            Duration::from_secs(10),
+            || async {
+                let quic = peer.metric(QUIC_CONNECTIONS).await;
+                let tcp = peer.metric(TCP_CONNECTIONS).await;
+                (quic >= 1.0 && tcp >= 1.0).then_some(())
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let tcp_only = &mesh.peers[2];
+    assert_eq!(tcp_only.metric(QUIC_CONNECTIONS).await, 0.0);
+    assert!(tcp_only.metric(TCP_CONNECTIONS).await >= 2.0);
+    // Each of the two that did not build fetched the whole artifact.
+    let served: Vec<f64> =
+        futures_util::future::join_all(mesh.peers.iter().map(|p| p.metric(SERVED))).await;
+    assert!(
+        served.iter().sum::<f64>() >= 2.0 * blob.len() as f64,
+        "{served:?}"
+    );
+}
+
+const QUIC_CONNECTIONS: &str = "shoal_p2p_connections{transport=\"quic\"}";
+const TCP_CONNECTIONS: &str = "shoal_p2p_connections{transport=\"tcp\"}";
+
 /// Block bytes a peer sent, and those it fetched from another region.
 const SERVED: &str = "shoal_blocks_served_bytes_total";
 const FAR: &str = "shoal_blocks_fetched_far_bytes_total";
