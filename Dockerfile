@@ -29,7 +29,7 @@ RUN apt-get update \
 COPY --from=build /usr/local/bin/shoal /usr/local/bin/shoal
 USER 10001:10001
 ENV SHOAL_DATA=/data SHOAL_HTTP_PORT=8080 SHOAL_SITES_PORT=8000 SHOAL_P2P_PORT=9000
-EXPOSE 8080 8000 9000
+EXPOSE 8080 8000 9000 9000/udp
 VOLUME ["/data"]
 ENTRYPOINT ["shoal"]
 CMD ["node"]

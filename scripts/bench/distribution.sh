@@ -21,7 +21,9 @@
 # baselines run with it too). TCP_CC (say cubic) is the TCP congestion
 # control of every host, shoal's and the baselines' alike, instead of the
 # machine's default (set as the default while the script runs, since
-# namespaces take it when they are made; put back on exit).
+# namespaces take it when they are made; put back on exit). TRANSPORT=tcp
+# runs the peers with --no-quic (TCP + noise + yamux only) instead of the
+# default, QUIC beside TCP.
 # Needs root (namespaces, tc, iptables); installs its packages with apt.
 # Cleans up its namespaces, processes and files on any exit.
 set -euo pipefail
@@ -37,6 +39,12 @@ API=${API_HOST:-0}
 # The peer every other one bootstraps from.
 BOOT=${BOOT_HOST:-0}
 REGIONS=${REGIONS:-1}
+TRANSPORT=${TRANSPORT:-quic}
+case $TRANSPORT in
+  quic) TRANSPORT_ARGS=() ;;
+  tcp) TRANSPORT_ARGS=(--no-quic) ;;
+  *) echo "TRANSPORT must be quic or tcp" >&2; exit 1 ;;
+esac
 export NB_PREFIX=${NB_PREFIX:-shb}
 export NB_NET=${NB_NET:-10.78.0}
 NB=$ROOT/scripts/bench/netbench/netbench.sh
@@ -152,7 +160,7 @@ run_shoal() { # SIZE_MB -> prints key=value lines
     mkdir -p "$W/d$k"
     ip netns exec "$(ns "$k")" env SHOAL_ADMIN_TOKEN=bench SHOAL_LOG=${SHOAL_LOG:-info} "$SHOAL" node \
       --data "$W/d$k" --name "h$k" --listen "$(hip "$k")" --http-port 8080 --sites-port 8000 \
-      --p2p-port 9000 "${boot[@]}" --region "r$((k * REGIONS / N))" --allow-local-repos --unsafe-no-sandbox \
+      --p2p-port 9000 "${boot[@]}" "${TRANSPORT_ARGS[@]}" --region "r$((k * REGIONS / N))" --allow-local-repos --unsafe-no-sandbox \
       --max-site-mb 8192 --max-repo-mb 8192 --distribution-timeout 30m >"$W/h$k.log" 2>&1 &
     PIDS+=($!)
   done
@@ -206,6 +214,12 @@ print("artifact_bytes=%d" % d["replicas"][0]["total"])
     t=$(awk '{print $14 + $15}' "/proc/${PIDS[$k]}/stat"); ticks=$((ticks + t))
     each="$each h$k=$(calc "$t/$(getconf CLK_TCK)")"
   done
+  local quic=0 tcp=0 v
+  for ((k = 0; k < N; k++)); do
+    v=$(metric "$k" 'shoal_p2p_connections{transport="quic"}'); quic=$((quic + ${v:-0}))
+    v=$(metric "$k" 'shoal_p2p_connections{transport="tcp"}'); tcp=$((tcp + ${v:-0}))
+  done
+  echo "conns=quic $quic, tcp $tcp"
   echo "shoal_cpu_s=$(calc "$ticks/$(getconf CLK_TCK)")"
   echo "shoal_cpu_each=${each# }"
   mkdir -p "$LOGS/$size"; cp "$W"/h*.log "$LOGS/$size/"
@@ -226,7 +240,7 @@ ratio() { [[ "$1" =~ ^[0-9.]+$ ]] && calc "$1/$BOUND" || echo -; }
 faster() { [[ "$1" =~ ^[0-9.]+$ ]] && calc "$1/$T" || echo -; }
 
 echo
-echo "N=$N  S=${SIZE} MiB  B=$RATE per host each way  delay=$DELAY one-way${REGION_DELAY:+ ($REGION_DELAY between regions)}  regions=$REGIONS  cores=$(nproc)  tcp=$CC"
+echo "N=$N  S=${SIZE} MiB  B=$RATE per host each way  delay=$DELAY one-way${REGION_DELAY:+ ($REGION_DELAY between regions)}  regions=$REGIONS  cores=$(nproc)  tcp=$CC  shoal=$TRANSPORT"
 echo "link check: $(cat "$STATE/check" 2>/dev/null || echo -)"
 printf '%-40s %9s %12s %14s\n' method seconds "ratio_to_S/B" "shoal_faster_x"
 printf '%-40s %9s %12s %14s\n' "bound S/B" "$BOUND" 1.00 -
@@ -242,6 +256,7 @@ echo "block bytes received, all peers  = $(val "$W/big.out" fetched)  ($(calc "$
 echo "wire bytes (eth0 tx, all hosts)  = $(val "$W/big.out" wire)  ($(calc "$(val "$W/big.out" wire)/(($N-1)*$S)") x (N-1)*S; TCP/IP framing alone is ~1.046 x)"
 echo "packets sent (skbs)              = $(val "$W/big.out" packets)  ($(calc "$(val "$W/big.out" wire)/$(val "$W/big.out" packets)") bytes each on average)"
 [ "$REGIONS" -gt 1 ] && echo "block bytes across $REGIONS regions = $(val "$W/big.out" far)  ($(calc "$(val "$W/big.out" far)/$S") x S; one copy into each other region is $((REGIONS - 1)) x S)"
+echo "peer connections (both ends)     = $(val "$W/big.out" conns)"
 echo "builder upload (blocks)          = $(val "$W/big.out" builder_served)  ($(calc "$(val "$W/big.out" builder_served)/$S") x S)"
 echo "builder upload (eth0 tx)         = $(val "$W/big.out" builder_wire)  ($(calc "$(val "$W/big.out" builder_wire)/$S") x S)"
 echo "CPU: both cores $(val "$W/big.out" cpu_busy) % busy from POST to success; shoal peers used $(val "$W/big.out" shoal_cpu_s) CPU-seconds in all (clone, build and pack included)"
