@@ -6,7 +6,8 @@
 //! TMPDIR; the artifact (deleted once the seed holds it) and the fetchers'
 //! stores are in DIR if given (another file system, for artifacts larger
 //! than one can hold), else in TMPDIR too. Prints one line of figures,
-//! among them the process's peak RSS (all peers together).
+//! among them the process's peak RSS (all peers together). With
+//! `EXCHANGE_TRANSPORT=tcp` the peers run TCP only (no QUIC).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use libp2p::identity::Keypair;
@@ -61,7 +62,7 @@ async fn main() {
             listen: net::tcp_listen_addr("127.0.0.1".parse().unwrap(), 0),
             bootstrap: boot.clone(),
             psk: None,
-            quic: true,
+            quic: std::env::var("EXCHANGE_TRANSPORT").map_or(true, |t| t != "tcp"),
         };
         let (client, events, _task) = net::spawn(cfg, shutdown.clone()).unwrap();
         client.listening().await.unwrap();
@@ -118,9 +119,12 @@ async fn main() {
     }
     let cpu = cpu_seconds() - cpu0;
     let gib = (manifest.size as f64) / f64::from(1u32 << 30);
+    let counts = nodes[0].0.connection_counts();
     println!(
-        "size={mib}MiB blocks={} fetchers={fetchers} secs={last:.2} MB/s-per-fetcher={:.0} cpu_s={cpu:.2} cpu_s_per_GiB_fetched={:.2} peak_rss_MiB={:.0}",
+        "size={mib}MiB blocks={} fetchers={fetchers} quic_conns={} tcp_conns={} secs={last:.2} MB/s-per-fetcher={:.0} cpu_s={cpu:.2} cpu_s_per_GiB_fetched={:.2} peak_rss_MiB={:.0}",
         manifest.len(),
+        counts.quic,
+        counts.tcp,
         manifest.size as f64 / last / 1e6,
         cpu / (gib * fetchers as f64),
         peak_rss_mib(),

@@ -8,6 +8,8 @@
 #
 #   scripts/bench/exchange.sh [SIZES_MIB] [FETCHERS] [DIR]   (default "256 1024 2048" 3)
 #
+# EXCHANGE_TRANSPORT=tcp runs the peers over TCP only instead of QUIC.
+#
 # Needs about (FETCHERS + 2) x the largest size free in TMPDIR. With DIR,
 # the seed's store stays in TMPDIR and the artifact and the fetchers' stores
 # go to DIR: 1 x the size in TMPDIR, FETCHERS x the size in DIR (a 10 GiB
