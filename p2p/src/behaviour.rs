@@ -16,6 +16,9 @@ use std::time::Duration;
 const PING_INTERVAL: Duration = Duration::from_secs(60);
 /// Connections kept open without traffic (the mesh wants them).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// A QUIC connection that hears nothing (not even keep-alives) this long is
+/// dead.
+const QUIC_IDLE: Duration = Duration::from_secs(5);
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
@@ -53,7 +56,13 @@ pub(crate) fn build_swarm(cfg: &NetConfig) -> Result<Swarm<Behaviour>, NetError>
             // congestion control, in user space: on a busy host it moves
             // more per CPU-second than TCP + noise + yamux (see the README).
             let transport = if quic {
-                libp2p::quic::tokio::Transport::new(libp2p::quic::Config::new(key))
+                let mut quic = libp2p::quic::Config::new(key);
+                // A peer that died without closing (killed, or its host
+                // gone) is noticed within this long; nothing else tells
+                // (TCP has the kernel's reset).
+                quic.max_idle_timeout = QUIC_IDLE.as_millis() as u32;
+                quic.keep_alive_interval = QUIC_IDLE / 4;
+                libp2p::quic::tokio::Transport::new(quic)
                     .map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn)))
                     .or_transport(tcp)
                     .map(|either, _| match either {
@@ -123,7 +132,14 @@ pub(crate) fn build_swarm(cfg: &NetConfig) -> Result<Swarm<Behaviour>, NetError>
             })
         })
         .map_err(|e| setup(&e))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
+        .with_swarm_config(|c| {
+            // One address of a peer at a time, in order (QUIC first): dialled
+            // at once, the first to connect would win and the others be
+            // dropped, and the peer would see a connection come up over
+            // QUIC, keep it over TCP's, and lose it.
+            c.with_idle_connection_timeout(IDLE_TIMEOUT)
+                .with_dial_concurrency_factor(std::num::NonZeroU8::MIN)
+        })
         .build();
     Ok(swarm)
 }

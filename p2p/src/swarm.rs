@@ -32,6 +32,8 @@ const TARGET_CONNECTIONS: usize = 64;
 /// How long before a peer reached over TCP only is dialled over QUIC again
 /// (its UDP port may be closed or filtered).
 const QUIC_RETRY: Duration = Duration::from_secs(600);
+/// How long a stopping peer waits for its connections to close.
+const CLOSE_GRACE: Duration = Duration::from_millis(500);
 
 type PendingReply = std::pin::Pin<
     Box<
@@ -72,6 +74,10 @@ pub(crate) struct SwarmTask {
     conns: HashMap<PeerId, HashMap<ConnectionId, bool>>,
     /// When each peer reached over TCP was last dialled over QUIC.
     quic_tried: HashMap<PeerId, Instant>,
+    /// Dials of a bootstrap address's QUIC twin under way.
+    twin_dials: HashMap<ConnectionId, Multiaddr>,
+    /// Bootstrap addresses whose QUIC twin did not answer: dialled over TCP.
+    twin_failed: HashSet<Multiaddr>,
 }
 
 impl SwarmTask {
@@ -100,6 +106,8 @@ impl SwarmTask {
             quic,
             conns: HashMap::new(),
             quic_tried: HashMap::new(),
+            twin_dials: HashMap::new(),
+            twin_failed: HashSet::new(),
         }
     }
 
@@ -123,26 +131,53 @@ impl SwarmTask {
                 }
             }
         }
+        self.close_all().await;
         debug!("swarm task stopped");
     }
 
+    /// Closes every connection, waiting a moment for the peers to be told.
+    /// A TCP connection is closed by the kernel when the process ends, but
+    /// nothing tells a QUIC peer: it would keep a dead connection until its
+    /// idle timeout, and a restarted peer's new one beside it.
+    async fn close_all(&mut self) {
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for peer in peers {
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+        let deadline = tokio::time::sleep(CLOSE_GRACE);
+        tokio::pin!(deadline);
+        while self.swarm.connected_peers().next().is_some() {
+            tokio::select! {
+                _ = &mut deadline => break,
+                _ = self.swarm.select_next_some() => {}
+            }
+        }
+    }
+
     /// Redials bootstrap addresses whose peer is not connected (a TCP
-    /// address over QUIC too, at the UDP port of the same number: whichever
-    /// answers first joins, and a QUIC connection then replaces a TCP one),
-    /// and dials known peers while below the connection target.
+    /// address over QUIC first, at the UDP port of the same number, and
+    /// over TCP once that fails), and dials known peers while below the
+    /// connection target.
     fn maintain_connections(&mut self) {
         for addr in self.bootstrap.clone() {
             let up = self
                 .bootstrap_peers
                 .get(&addr)
                 .is_some_and(|p| self.connected.contains(p));
-            if !up {
-                let twin = quic_twin(&addr).filter(|_| self.quic);
-                for addr in twin.into_iter().chain([addr]) {
-                    if let Err(err) = self.swarm.dial(addr.clone()) {
-                        debug!(%addr, error = %err, "bootstrap dial failed");
-                    }
+            if up || self.twin_dials.values().any(|a| *a == addr) {
+                continue;
+            }
+            let twin = quic_twin(&addr).filter(|_| self.quic && !self.twin_failed.contains(&addr));
+            let opts = DialOpts::unknown_peer_id()
+                .address(twin.clone().unwrap_or_else(|| addr.clone()))
+                .build();
+            let id = opts.connection_id();
+            match self.swarm.dial(opts) {
+                Ok(()) if twin.is_some() => {
+                    self.twin_dials.insert(id, addr);
                 }
+                Ok(()) => {}
+                Err(err) => debug!(%addr, error = %err, "bootstrap dial failed"),
             }
         }
         if self.connected.len() < TARGET_CONNECTIONS {
@@ -153,7 +188,9 @@ impl SwarmTask {
                 .take(TARGET_CONNECTIONS - self.connected.len())
                 .map(|(p, a)| (*p, a.clone()))
                 .collect();
-            for (peer, addrs) in candidates {
+            for (peer, mut addrs) in candidates {
+                // Tried in this order, one at a time.
+                addrs.sort_by_key(|a| self.quic != is_quic(a));
                 let opts = DialOpts::peer_id(peer).addresses(addrs).build();
                 let _ = self.swarm.dial(opts);
             }
@@ -292,6 +329,7 @@ impl SwarmTask {
                 num_established,
                 ..
             } => {
+                self.twin_dials.remove(&connection_id);
                 if let ConnectedPoint::Dialer { address, .. } = &endpoint {
                     let bare = strip_peer_id(address.clone());
                     let entry = self
@@ -313,6 +351,17 @@ impl SwarmTask {
                         let _ = self.swarm.behaviour_mut().kad.bootstrap();
                     }
                     self.emit(NetEvent::Connected(peer_id));
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                error,
+                ..
+            } => {
+                if let Some(addr) = self.twin_dials.remove(&connection_id) {
+                    debug!(%addr, %error, "no answer over QUIC; dialling over TCP");
+                    self.twin_failed.insert(addr);
+                    self.maintain_connections();
                 }
             }
             SwarmEvent::ConnectionClosed {

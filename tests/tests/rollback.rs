@@ -81,8 +81,15 @@ async fn rollback_and_promote_switch_every_peer_without_a_rebuild() {
         .await
         .unwrap();
     assert_eq!(d["status"], "success", "{d}");
-    let log = mesh.peers[0].log_text(&v3).await.unwrap();
-    assert!(log.contains("not made live: site roll is pinned"), "{log}");
+    // The log reaches peer 0 through replication, a moment later.
+    mesh.peers[0]
+        .wait_log(
+            &v3,
+            "not made live: site roll is pinned",
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
     for peer in &mesh.peers {
         assert_eq!(peer.site_bytes("roll", "/").await.unwrap(), b"v1");
     }
@@ -188,7 +195,18 @@ async fn rollback_and_promote_switch_every_peer_without_a_rebuild() {
         .unwrap();
     assert_eq!(stdout.matches(" alive").count(), 3, "{stdout}");
     assert_eq!(stdout.matches("(this peer)").count(), 1, "{stdout}");
-    // The projects pages.
+    // The projects pages (peer 2 learns of the failed deployment, made
+    // through peer 0, by replication).
+    wait_until(
+        "peer 2 to list four deployments of the project",
+        Duration::from_secs(10),
+        || async {
+            let page = mesh.peers[2].page("/projects/roll").await;
+            (page.matches("<tr data-id=").count() == 4).then_some(())
+        },
+    )
+    .await
+    .unwrap();
     let page = mesh.peers[2].page("/projects").await;
     assert!(page.contains("<tr data-project='roll'>"), "{page}");
     let page = mesh.peers[2].page("/projects/roll").await;
