@@ -63,14 +63,14 @@ pub(crate) struct SwarmTask {
     >,
     /// Inbound requests the application is answering.
     replies: FuturesUnordered<PendingReply>,
-    connected: HashSet<PeerId>,
     /// Addresses learned through identify, to reconnect and grow the mesh.
     known: HashMap<PeerId, Vec<Multiaddr>>,
     /// Provider lookups under way, with what they found so far.
     lookups: HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, HashSet<PeerId>)>,
     /// This peer runs QUIC beside TCP.
     quic: bool,
-    /// Each peer's connections, and whether each is QUIC.
+    /// The peers connected to, each with its connections and whether each
+    /// is QUIC.
     conns: HashMap<PeerId, HashMap<ConnectionId, bool>>,
     /// When each peer reached over TCP was last dialled over QUIC.
     quic_tried: HashMap<PeerId, Instant>,
@@ -100,7 +100,6 @@ impl SwarmTask {
             bootstrap_peers: HashMap::new(),
             pending: HashMap::new(),
             replies: FuturesUnordered::new(),
-            connected: HashSet::new(),
             known: HashMap::new(),
             lookups: HashMap::new(),
             quic,
@@ -125,7 +124,7 @@ impl SwarmTask {
                 }
                 _ = redial.tick() => self.maintain_connections(),
                 _ = kad_tick.tick() => {
-                    if !self.connected.is_empty() {
+                    if !self.conns.is_empty() {
                         let _ = self.swarm.behaviour_mut().kad.bootstrap();
                     }
                 }
@@ -163,7 +162,7 @@ impl SwarmTask {
             let up = self
                 .bootstrap_peers
                 .get(&addr)
-                .is_some_and(|p| self.connected.contains(p));
+                .is_some_and(|p| self.conns.contains_key(p));
             if up || self.twin_dials.values().any(|a| *a == addr) {
                 continue;
             }
@@ -180,12 +179,12 @@ impl SwarmTask {
                 Err(err) => debug!(%addr, error = %err, "bootstrap dial failed"),
             }
         }
-        if self.connected.len() < TARGET_CONNECTIONS {
+        if self.conns.len() < TARGET_CONNECTIONS {
             let candidates: Vec<_> = self
                 .known
                 .iter()
-                .filter(|(p, _)| !self.connected.contains(p))
-                .take(TARGET_CONNECTIONS - self.connected.len())
+                .filter(|(p, _)| !self.conns.contains_key(p))
+                .take(TARGET_CONNECTIONS - self.conns.len())
                 .map(|(p, a)| (*p, a.clone()))
                 .collect();
             for (peer, mut addrs) in candidates {
@@ -201,17 +200,16 @@ impl SwarmTask {
     /// peer is up, its TCP ones close (streams would otherwise go over
     /// either). A peer that runs TCP only keeps its TCP connections.
     fn prefer_quic(&mut self, peer: PeerId, id: ConnectionId, quic: bool) {
-        let conns = self.conns.entry(peer).or_default();
-        conns.insert(id, quic);
+        self.conns.entry(peer).or_default().insert(id, quic);
         self.count_connections();
-        let Some(conns) = self.conns.get(&peer) else {
-            return;
-        };
-        if !conns.values().any(|q| *q) {
+        if !self.has_quic(&peer) {
             return;
         }
-        let tcp: Vec<ConnectionId> = conns
-            .iter()
+        let tcp: Vec<ConnectionId> = self
+            .conns
+            .get(&peer)
+            .into_iter()
+            .flatten()
             .filter(|(_, q)| !**q)
             .map(|(id, _)| *id)
             .collect();
@@ -219,6 +217,10 @@ impl SwarmTask {
             debug!(%peer, "closing a TCP connection: QUIC is up");
             self.swarm.close_connection(id);
         }
+    }
+
+    fn has_quic(&self, peer: &PeerId) -> bool {
+        self.conns.get(peer).is_some_and(|c| c.values().any(|q| *q))
     }
 
     fn count_connections(&self) {
@@ -236,10 +238,7 @@ impl SwarmTask {
     /// Dials `peer`, reached over TCP only, at the QUIC addresses it
     /// listens on (at most every [`QUIC_RETRY`]).
     fn upgrade_to_quic(&mut self, peer: PeerId, addrs: &[Multiaddr]) {
-        let has_quic = self
-            .conns
-            .get(&peer)
-            .is_some_and(|c| c.values().any(|q| *q));
+        let has_quic = self.has_quic(&peer);
         let quic: Vec<Multiaddr> = addrs.iter().filter(|a| is_quic(a)).cloned().collect();
         let recent = self
             .quic_tried
@@ -286,7 +285,7 @@ impl SwarmTask {
                 self.pending.insert(id, reply);
             }
             Command::Peers { reply } => {
-                let _ = reply.send(self.connected.iter().copied().collect());
+                let _ = reply.send(self.conns.keys().copied().collect());
             }
             Command::Provide { key } => {
                 let kad = &mut self.swarm.behaviour_mut().kad;
@@ -345,9 +344,9 @@ impl SwarmTask {
                     connection_id,
                     is_quic(endpoint.get_remote_address()),
                 );
-                if num_established.get() == 1 && self.connected.insert(peer_id) {
+                if num_established.get() == 1 {
                     debug!(peer = %peer_id, "connected");
-                    if self.connected.len() == 1 {
+                    if self.conns.len() == 1 {
                         let _ = self.swarm.behaviour_mut().kad.bootstrap();
                     }
                     self.emit(NetEvent::Connected(peer_id));
@@ -377,7 +376,7 @@ impl SwarmTask {
                     }
                 }
                 self.count_connections();
-                if num_established == 0 && self.connected.remove(&peer_id) {
+                if num_established == 0 {
                     debug!(peer = %peer_id, "disconnected");
                     self.emit(NetEvent::Disconnected(peer_id));
                 }
