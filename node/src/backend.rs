@@ -41,6 +41,15 @@ fn internal(err: impl std::fmt::Display) -> ApiError {
     ApiError::internal(err.to_string())
 }
 
+fn env_error(e: crate::project_env::EnvError) -> ApiError {
+    use crate::project_env::EnvError;
+    match e {
+        EnvError::Invalid(d) => ApiError::bad_request("invalid_env", d),
+        e @ EnvError::TooMany(_) => ApiError::conflict("too_many_env_vars", e.to_string()),
+        e => internal(e),
+    }
+}
+
 fn invalid(e: validate::Invalid) -> ApiError {
     ApiError::bad_request(e.code(), e.to_string())
 }
@@ -99,8 +108,17 @@ impl NodeBackend {
         credential: Option<RepoCredential>,
     ) -> Result<(), p2p::StoreError> {
         match self.state.project(&rec.name)? {
-            Some(p) if p.repo_url == rec.repo_url && credential.is_none() => Ok(()),
+            Some(p)
+                if p.repo_url == rec.repo_url
+                    && credential.is_none()
+                    && (rec.root_dir.is_none() || rec.root_dir == p.root_dir) =>
+            {
+                Ok(())
+            }
             Some(mut p) => {
+                if rec.root_dir.is_some() {
+                    p.root_dir.clone_from(&rec.root_dir);
+                }
                 if p.repo_url != rec.repo_url {
                     // Another repository's token must not follow the name.
                     p.credential = None;
@@ -125,6 +143,8 @@ impl NodeBackend {
                     branch: rec.git_ref.clone(),
                     webhook_secret: None,
                     credential,
+                    cache_generation: 0,
+                    root_dir: rec.root_dir.clone(),
                 })
                 .map(|_| ()),
         }
@@ -154,6 +174,8 @@ impl NodeBackend {
             poll_interval_secs: project.poll_interval_secs,
             branch: project.branch.clone(),
             has_webhook_secret: project.webhook_secret.is_some(),
+            cache_generation: project.cache_generation,
+            root_dir: project.root_dir.clone(),
             updated_at: crate::model::rfc3339(project.stamp.wall_ms),
         }
     }
@@ -216,6 +238,23 @@ impl web::Backend for NodeBackend {
             .map(validate::commit)
             .transpose()
             .map_err(invalid)?;
+        let root_dir = match req
+            .root_dir
+            .as_deref()
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+        {
+            Some(r) => Some(
+                crate::build::detect::check_dir("root_dir", r)
+                    .map_err(|e| ApiError::bad_request("invalid_root_dir", e.to_string()))?,
+            ),
+            None => self
+                .state
+                .project(&name)
+                .map_err(internal)?
+                .and_then(|p| p.root_dir),
+        }
+        .filter(|r| r != ".");
         // The same submission again while the first is still waiting or
         // building (a double click, a retried request) is the same deployment.
         let repo_url = url.as_str();
@@ -251,6 +290,7 @@ impl web::Backend for NodeBackend {
             error: None,
             requires: Vec::new(),
             built_at_ms: 0,
+            root_dir,
             stamp: Hlc::default(),
             writer: String::new(),
         };
@@ -395,6 +435,11 @@ impl web::Backend for NodeBackend {
                 Some(validate::git_ref(branch).map_err(invalid)?)
             };
         }
+        if let Some(root) = req.root_dir {
+            let root = crate::build::detect::check_dir("root_dir", &root)
+                .map_err(|e| ApiError::bad_request("invalid_root_dir", e.to_string()))?;
+            project.root_dir = (root != ".").then_some(root);
+        }
         if let Some(secret) = req.webhook_secret {
             let secret = secret.trim();
             if !secret.is_empty() && secret.len() < MIN_SECRET_LEN {
@@ -409,6 +454,53 @@ impl web::Backend for NodeBackend {
                     .seal(Purpose::WebhookSecret, secret.as_bytes())
             });
         }
+        let project = self.state.put_project(project).map_err(internal)?;
+        let rows = self.state.deployments().map_err(internal)?;
+        Ok(Some(self.project_view(&project, &rows)))
+    }
+
+    fn project_env(&self, name: &str) -> Result<Option<Vec<web::EnvVarView>>, ApiError> {
+        if self.state.project(name).map_err(internal)?.is_none() {
+            return Ok(None);
+        }
+        let vars = crate::project_env::current(&self.state, name).map_err(internal)?;
+        Ok(Some(vars.iter().map(crate::project_env::view).collect()))
+    }
+
+    fn set_project_env(
+        &self,
+        name: &str,
+        key: &str,
+        req: web::SetEnvVar,
+    ) -> Result<web::EnvVarView, ApiError> {
+        let name = validate::name(name).map_err(invalid)?;
+        if self.state.project(&name).map_err(internal)?.is_none() {
+            // Secrets can be in place before the first build.
+            self.state
+                .put_project(Project::named(&name))
+                .map_err(internal)?;
+        }
+        let var = crate::project_env::set(
+            &self.state,
+            &self.auth.keys,
+            &name,
+            key,
+            &req.value,
+            req.secret,
+        )
+        .map_err(env_error)?;
+        Ok(crate::project_env::view(&var))
+    }
+
+    fn delete_project_env(&self, name: &str, key: &str) -> Result<bool, ApiError> {
+        crate::project_env::remove(&self.state, name, key).map_err(env_error)
+    }
+
+    fn clear_build_cache(&self, name: &str) -> Result<Option<web::ProjectView>, ApiError> {
+        let Some(mut project) = self.state.project(name).map_err(internal)? else {
+            return Ok(None);
+        };
+        project.cache_generation += 1;
         let project = self.state.put_project(project).map_err(internal)?;
         let rows = self.state.deployments().map_err(internal)?;
         Ok(Some(self.project_view(&project, &rows)))

@@ -1,7 +1,8 @@
 //! The client commands: talk to any peer's API like a user would.
 
 use crate::config::{
-    ClientArgs, DeployArgs, IdArgs, LogsArgs, PeersArgs, SetCurrentArgs, StatusArgs,
+    ClientArgs, DeployArgs, EnvAction, EnvArgs, IdArgs, LogsArgs, PeersArgs, SetCurrentArgs,
+    StatusArgs,
 };
 use anyhow::{bail, Context};
 use futures_util::StreamExt;
@@ -56,6 +57,87 @@ async fn post(c: &ClientArgs, path: &str, body: Option<Value>) -> anyhow::Result
         .await
         .with_context(|| format!("cannot reach {}", c.peer))?;
     check(res).await
+}
+
+/// A request with the admin token or the kept session.
+async fn send(
+    c: &ClientArgs,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
+    let mut req = client()?
+        .request(method, url(c, path))
+        .bearer_auth(bearer(c)?);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let res = req
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {}", c.peer))?;
+    if res.status() == reqwest::StatusCode::NO_CONTENT {
+        return Ok(Value::Null);
+    }
+    check(res).await
+}
+
+/// `KEY=VALUE`, `KEY VALUE`, or `KEY` with the value on standard input.
+fn key_value(key: String, value: Option<String>) -> anyhow::Result<(String, String)> {
+    if let Some(value) = value {
+        return Ok((key, value));
+    }
+    if let Some((k, v)) = key.split_once('=') {
+        return Ok((k.to_owned(), v.to_owned()));
+    }
+    let mut value = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut value)
+        .context("reading the value from standard input")?;
+    let value = value.strip_suffix('\n').unwrap_or(&value);
+    Ok((key, value.strip_suffix('\r').unwrap_or(value).to_owned()))
+}
+
+pub async fn env(args: EnvArgs) -> anyhow::Result<()> {
+    use reqwest::Method;
+    match args.action {
+        EnvAction::Set {
+            project,
+            secret,
+            key,
+            value,
+            client,
+        } => {
+            let (key, value) = key_value(key, value)?;
+            let path = format!("/api/projects/{project}/env/{key}");
+            let body = json!({"value": value, "secret": secret});
+            send(&client, Method::PUT, &path, Some(body)).await?;
+            println!(
+                "{project}: {key} set{}; the next build uses it",
+                if secret { " (secret)" } else { "" }
+            );
+        }
+        EnvAction::List { project, client } => {
+            let path = format!("/api/projects/{project}/env");
+            let list = send(&client, Method::GET, &path, None).await?;
+            for v in list.as_array().into_iter().flatten() {
+                let key = v["key"].as_str().unwrap_or("");
+                match v["value"].as_str() {
+                    Some(value) if v["secret"] != true => println!("{key}={value}"),
+                    _ => println!("{key} (secret)"),
+                }
+            }
+        }
+        EnvAction::Rm {
+            project,
+            key,
+            client,
+        } => {
+            let path = format!("/api/projects/{project}/env/{key}");
+            send(&client, Method::DELETE, &path, None).await?;
+            println!("{project}: {key} removed");
+        }
+    }
+    Ok(())
 }
 
 pub async fn cancel(args: IdArgs) -> anyhow::Result<()> {
@@ -117,7 +199,7 @@ pub async fn peers(args: PeersArgs) -> anyhow::Result<()> {
 }
 
 pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
-    let body = json!({"repo_url": args.repo_url, "name": args.name, "ref": args.git_ref, "commit": args.commit});
+    let body = json!({"repo_url": args.repo_url, "name": args.name, "ref": args.git_ref, "commit": args.commit, "root_dir": args.root});
     let dep = post(&args.client, "/api/deployments", Some(body)).await?;
     let id = dep["id"].as_str().unwrap_or_default().to_owned();
     println!(

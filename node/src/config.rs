@@ -39,6 +39,47 @@ pub enum Command {
     Login(PeersArgs),
     /// Sign the kept session out on every peer and forget it.
     Logout(PeersArgs),
+    /// Set, list or remove a project's environment variables (given to its
+    /// builds; secrets are never shown again).
+    Env(EnvArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EnvArgs {
+    #[command(subcommand)]
+    pub action: EnvAction,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum EnvAction {
+    /// Set a variable: `KEY=VALUE`, `KEY VALUE`, or `KEY` alone to read the
+    /// value from standard input (keeps a secret out of the shell history).
+    Set {
+        #[arg(long)]
+        project: String,
+        /// Seal the value: only builds see it; no answer, page or log shows it.
+        #[arg(long)]
+        secret: bool,
+        key: String,
+        value: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List the variables (secret values are never shown).
+    List {
+        #[arg(long)]
+        project: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove a variable.
+    Rm {
+        #[arg(long)]
+        project: String,
+        key: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -111,6 +152,17 @@ pub struct NodeConfig {
     /// Let the build step (not only the install step) reach the network.
     #[arg(long, env = "SHOAL_BUILD_NETWORK")]
     pub build_network: bool,
+    /// Room for build caches (package downloads, per project) on this
+    /// peer, in MiB; the least recently used are dropped beyond it.
+    #[arg(long, env = "SHOAL_BUILD_CACHE_MB", default_value_t = 4096)]
+    pub build_cache_mb: u64,
+    /// The npm registry corepack fetches yarn and pnpm from.
+    #[arg(
+        long,
+        env = "SHOAL_NPM_REGISTRY",
+        default_value = "https://registry.npmjs.org"
+    )]
+    pub npm_registry: String,
     /// A peer silent this long is dead, and a build claim not renewed for
     /// this long is taken over.
     #[arg(long, env = "SHOAL_LEASE", default_value = "3s", value_parser = humantime::parse_duration)]
@@ -238,6 +290,9 @@ pub struct DeployArgs {
     pub git_ref: Option<String>,
     #[arg(long)]
     pub commit: Option<String>,
+    /// The directory to build in (a monorepo's app), relative to the repository.
+    #[arg(long)]
+    pub root: Option<String>,
     /// Follow the log and wait until the deployment ends; fail if it fails.
     #[arg(long)]
     pub wait: bool,

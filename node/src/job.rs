@@ -95,6 +95,35 @@ pub async fn build_and_publish(
     if let Some(note) = note {
         log.step("clone").info(&note);
     }
+    let crate::project_env::BuildEnv { vars: env, secrets } =
+        match crate::project_env::for_build(state, &shared.keys, &rec.name) {
+            Ok(found) => found,
+            Err(e) => {
+                fail(
+                    state,
+                    &rec.id,
+                    epoch,
+                    Status::BuildFailed,
+                    &e.to_string(),
+                    &log.step("detect"),
+                );
+                return;
+            }
+        };
+    if !env.is_empty() {
+        let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+        log.step("detect").info(&format!(
+            "project environment: {} ({} secret)",
+            names.join(", "),
+            secrets.len()
+        ));
+    }
+    let log = log.masking(secrets);
+    let generation = state
+        .project(&rec.name)
+        .ok()
+        .flatten()
+        .map_or(0, |p| p.cache_generation);
     let job = Job {
         url,
         git_ref: rec.git_ref.as_deref(),
@@ -103,6 +132,9 @@ pub async fn build_and_publish(
         workdir: &workdir,
         blocks: &shared.blocks,
         credential,
+        root: rec.root_dir.as_deref(),
+        env,
+        cache: Some(shared.caches.slot(&rec.name, generation)),
     };
     let result = build::run(&shared.settings, job, &log, cancel, |commit| {
         let _ = fenced(state, &rec.id, epoch, |r| {

@@ -13,6 +13,7 @@ mod metrics;
 mod model;
 mod peer;
 mod poll;
+mod project_env;
 mod site;
 mod state;
 mod validate;
@@ -50,6 +51,7 @@ async fn main() -> std::process::ExitCode {
         Command::Peers(args) => cli::peers(args).await,
         Command::Login(args) => cli::login(args).await,
         Command::Logout(args) => cli::logout(args).await,
+        Command::Env(args) => cli::env(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

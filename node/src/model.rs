@@ -56,6 +56,9 @@ pub struct DeploymentRecord {
     /// distribution deadline counts from here.
     #[serde(default)]
     pub built_at_ms: u64,
+    /// The base directory the build runs in, when the deployment named one.
+    #[serde(default)]
+    pub root_dir: Option<String>,
     /// When and by whom this version of the row was written.
     pub stamp: Hlc,
     pub writer: String,
@@ -238,6 +241,34 @@ pub struct Project {
     /// mesh, by nobody else, never shown by the API.
     #[serde(default)]
     pub credential: Option<RepoCredential>,
+    /// The build cache's generation: clearing the cache moves it on and
+    /// every peer drops entries of older generations.
+    #[serde(default)]
+    pub cache_generation: u64,
+    /// The base directory builds run in (a monorepo's app).
+    #[serde(default)]
+    pub root_dir: Option<String>,
+}
+
+impl Project {
+    /// A project with no deployment yet (its variables were set first).
+    pub fn named(name: &str) -> Self {
+        Project {
+            name: name.to_owned(),
+            repo_url: String::new(),
+            current_deployment: None,
+            auto_deploy: false,
+            stamp: Hlc::default(),
+            writer: String::new(),
+            pinned: false,
+            poll_interval_secs: 0,
+            branch: None,
+            webhook_secret: None,
+            credential: None,
+            cache_generation: 0,
+            root_dir: None,
+        }
+    }
 }
 
 /// A sealed GitHub token and the user it belongs to.
@@ -252,6 +283,47 @@ impl std::fmt::Debug for RepoCredential {
         f.debug_struct("RepoCredential")
             .field("login", &self.login)
             .finish_non_exhaustive()
+    }
+}
+
+/// One environment variable of a project. Key: `<project>/<KEY>`. A
+/// secret's value is sealed with the mesh's keys; a removed variable stays
+/// as a tombstone so that the removal replicates.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct EnvVar {
+    pub project: String,
+    pub key: String,
+    /// Plain, or sealed (`secret`); empty once deleted.
+    pub value: String,
+    pub secret: bool,
+    pub deleted: bool,
+    pub stamp: Hlc,
+    pub writer: String,
+}
+
+impl std::fmt::Debug for EnvVar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnvVar")
+            .field("project", &self.project)
+            .field("key", &self.key)
+            .field("secret", &self.secret)
+            .field("deleted", &self.deleted)
+            .finish_non_exhaustive()
+    }
+}
+
+pub fn env_key(project: &str, key: &str) -> Vec<u8> {
+    format!("{project}/{key}").into_bytes()
+}
+
+impl Merge for EnvVar {
+    /// Last writer wins by (clock, peer).
+    fn merge(self, other: Self) -> Self {
+        if (self.stamp, &self.writer, &self) >= (other.stamp, &other.writer, &other) {
+            self
+        } else {
+            other
+        }
     }
 }
 
@@ -355,7 +427,7 @@ mod tests {
                 id: "01J0000000000000000000000".into(), name: "site".into(),
                 repo_url: "https://example.com/site.git".into(), git_ref: None, commit: None,
                 status, builder: Some(writer.clone()), epoch, lease_until_ms: 0, artifact: None,
-                live_url: "http://site.localhost/".into(), created_at_ms: 0, error, requires: vec![], built_at_ms: 0,
+                live_url: "http://site.localhost/".into(), created_at_ms: 0, error, requires: vec![], built_at_ms: 0, root_dir: None,
                 stamp: Hlc { wall_ms: wall, counter }, writer,
             }
         }
@@ -417,7 +489,12 @@ mod tests {
     prop_compose! {
         fn project()(current in proptest::option::of("[xy]"), auto in any::<bool>(), stamp in stamp(), writer in "[ab]") -> Project {
             Project { name: "n".into(), repo_url: "r".into(), current_deployment: current, auto_deploy: auto, stamp, writer, pinned: auto,
-                      poll_interval_secs: 0, branch: None, webhook_secret: None, credential: None }
+                      poll_interval_secs: 0, branch: None, webhook_secret: None, credential: None, cache_generation: 0, root_dir: None }
+        }
+    }
+    prop_compose! {
+        fn env_var()(value in "[xy]", secret in any::<bool>(), deleted in any::<bool>(), stamp in stamp(), writer in "[ab]") -> EnvVar {
+            EnvVar { project: "n".into(), key: "K".into(), value, secret, deleted, stamp, writer }
         }
     }
     prop_compose! {
@@ -432,7 +509,9 @@ mod tests {
             f in proptest::array::uniform3(file()),
             p in proptest::array::uniform3(project()),
             l in proptest::array::uniform3(log()),
+            e in proptest::array::uniform3(env_var()),
         ) {
+            let [a, b, c] = e; laws(a, b, c)?;
             let [a, b, c] = f; laws(a, b, c)?;
             let [a, b, c] = p; laws(a, b, c)?;
             let [a, b, c] = l; laws(a, b, c)?;

@@ -132,6 +132,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         max_repo_bytes: cfg.max_repo_mb * mib,
         max_site_bytes: cfg.max_site_mb * mib,
         allow_local: cfg.allow_local_repos,
+        npm_registry: cfg.npm_registry.clone(),
     };
     let ui_addr = SocketAddr::new(cfg.listen, cfg.http_port);
     let sites_addr = SocketAddr::new(cfg.listen, cfg.sites_port);
@@ -240,6 +241,10 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         sites,
         metrics,
         builds_dir: data.join("builds"),
+        caches: crate::build::cache::Caches::new(
+            data.join("build-cache"),
+            cfg.build_cache_mb * mib,
+        ),
         blocks: block_store,
         members: mesh.members.clone(),
         info: info_rx,

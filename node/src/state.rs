@@ -4,8 +4,8 @@
 //! events (status changes, log lines) for the UI and the build worker.
 
 use crate::model::{
-    file_key, log_key, log_view, Delivery, DeploymentFile, DeploymentRecord, LogRecord, Project,
-    Revoked,
+    env_key, file_key, log_key, log_view, Delivery, DeploymentFile, DeploymentRecord, EnvVar,
+    LogRecord, Project, Revoked,
 };
 use p2p::{Change, Clock, Store, StoreError, Table};
 use std::collections::HashMap;
@@ -32,6 +32,8 @@ pub struct State {
     files: Table<DeploymentFile>,
     /// Sites: repository, and which deployment is pinned as current.
     projects: Table<Project>,
+    /// Projects' environment variables (secrets sealed).
+    env: Table<EnvVar>,
     /// Webhook deliveries already handled.
     deliveries: Table<Delivery>,
     /// Signed-out sessions, by session id.
@@ -111,6 +113,7 @@ impl State {
             logs: store.table("deployment_logs")?,
             files: store.table("deployment_files")?,
             projects: store.table("projects")?,
+            env: store.table("project_env")?,
             deliveries: store.table("hook_deliveries")?,
             revoked: store.table("revoked_sessions")?,
             clock,
@@ -155,6 +158,25 @@ impl State {
         project.writer = self.peer.clone();
         let key = project.name.clone();
         self.merge_durably(&self.projects, key.as_bytes(), project)
+    }
+
+    /// Project `name`'s variables, tombstones included, by key.
+    pub fn env(&self, project: &str) -> Result<Vec<EnvVar>, StoreError> {
+        let prefix = format!("{project}/");
+        Ok(self
+            .env
+            .scan_prefix(prefix.as_bytes())?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect())
+    }
+
+    /// Writes one variable (or its tombstone) stamped by this peer, durably.
+    pub fn put_env(&self, mut var: EnvVar) -> Result<EnvVar, StoreError> {
+        var.stamp = self.clock.now();
+        var.writer = self.peer.clone();
+        let key = env_key(&var.project, &var.key);
+        self.merge_durably(&self.env, &key, var)
     }
 
     pub fn delivery(&self, id: &str) -> Result<Option<Delivery>, StoreError> {

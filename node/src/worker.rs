@@ -46,6 +46,8 @@ pub struct Shared {
     pub sites: Sites,
     pub metrics: Arc<NodeMetrics>,
     pub builds_dir: PathBuf,
+    /// Build caches, per project.
+    pub caches: crate::build::cache::Caches,
     /// Built artifacts, as blocks (shared with the block exchange).
     pub blocks: Arc<p2p::blocks::BlockStore>,
     pub members: Arc<Members>,

@@ -641,6 +641,28 @@ pub struct Repo {
     pub dir: tempfile::TempDir,
 }
 
+/// Every file under `dir`, as (path relative to `root`, bytes); build
+/// output and installed packages left out.
+fn collect(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry?;
+        let path = entry.path();
+        let name = entry.file_name();
+        if ["node_modules", "dist", "build", "out", ".output"]
+            .contains(&name.to_str().unwrap_or(""))
+        {
+            continue;
+        }
+        if entry.file_type()?.is_dir() {
+            collect(root, &path, out)?;
+        } else {
+            let rel = path.strip_prefix(root)?.to_string_lossy().into_owned();
+            out.push((rel, std::fs::read(&path)?));
+        }
+    }
+    Ok(())
+}
+
 fn git(dir: &Path, args: &[&str]) -> Result<String> {
     let out = Command::new("git")
         .args([
@@ -674,6 +696,21 @@ impl Repo {
         let repo = Repo { dir };
         repo.commit(files, "initial")?;
         Ok(repo)
+    }
+
+    /// A repository holding the files of `tests/fixtures/<name>` (a real
+    /// project: package.json, lockfile, sources), committed once.
+    pub fn fixture(name: &str) -> Result<Self> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures")
+            .join(name);
+        let mut files = Vec::new();
+        collect(&root, &root, &mut files)?;
+        let borrowed: Vec<(&str, &[u8])> = files
+            .iter()
+            .map(|(p, d)| (p.as_str(), d.as_slice()))
+            .collect();
+        Self::new(&borrowed)
     }
 
     /// A site whose build prints `slow-start`, sleeps `seconds` (a unique

@@ -416,7 +416,10 @@ async fn an_npm_project_installs_and_builds_with_its_scripts() {
     let log = peer.log_text(&id).await.unwrap();
     assert_eq!(d["status"], "success", "{log}");
     assert!(log.contains("[detect] detected npm (node)"), "{log}");
-    assert!(log.contains("[install] $ npm install --no-audit"), "{log}");
+    assert!(
+        log.contains("[install] $ npm install --include=dev --no-audit"),
+        "{log}"
+    );
     assert!(log.contains("[build] wrote dist/index.html"), "{log}");
     let page = peer
         .site("npm-site", "/")

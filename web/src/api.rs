@@ -31,6 +31,15 @@ pub fn routes<B: Backend>() -> Router<AppState<B>> {
             "/api/projects/{name}",
             get(project::<B>).patch(update_project::<B>),
         )
+        .route("/api/projects/{name}/env", get(env_list::<B>))
+        .route(
+            "/api/projects/{name}/env/{key}",
+            axum::routing::put(env_set::<B>).delete(env_delete::<B>),
+        )
+        .route(
+            "/api/projects/{name}/cache",
+            axum::routing::delete(cache_clear::<B>),
+        )
         .route("/api/projects/{name}/rollback", post(rollback::<B>))
         .route("/api/projects/{name}/promote", post(promote::<B>))
         .route(
@@ -177,6 +186,56 @@ async fn update_project<B: Backend>(
     let Json(req) = body?;
     s.backend
         .update_project(&name, req)?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no project {name}")))
+}
+
+async fn env_list<B: Backend>(
+    State(s): State<AppState<B>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<crate::EnvVarView>>, ApiError> {
+    require_write(&*s.backend, &headers, None)?;
+    s.backend
+        .project_env(&name)?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no project {name}")))
+}
+
+async fn env_set<B: Backend>(
+    State(s): State<AppState<B>>,
+    Path((name, key)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Json<crate::SetEnvVar>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<crate::EnvVarView>, ApiError> {
+    require_write(&*s.backend, &headers, None)?;
+    let Json(req) = body?;
+    Ok(Json(s.backend.set_project_env(&name, &key, req)?))
+}
+
+async fn env_delete<B: Backend>(
+    State(s): State<AppState<B>>,
+    Path((name, key)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    require_write(&*s.backend, &headers, None)?;
+    if s.backend.delete_project_env(&name, &key)? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!(
+            "project {name} has no variable {key}"
+        )))
+    }
+}
+
+async fn cache_clear<B: Backend>(
+    State(s): State<AppState<B>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<crate::ProjectView>, ApiError> {
+    require_write(&*s.backend, &headers, None)?;
+    s.backend
+        .clear_build_cache(&name)?
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("no project {name}")))
 }

@@ -20,8 +20,8 @@ pub use auth::Auth;
 pub use error::ApiError;
 pub use metrics::HttpMetrics;
 pub use model::{
-    DeploymentView, Event, LogLine, NewDeployment, PeerInfo, ProjectSettings, ProjectView,
-    ReplicaView, SetCurrent, Status,
+    DeploymentView, EnvVarView, Event, LogLine, NewDeployment, PeerInfo, ProjectSettings,
+    ProjectView, ReplicaView, SetCurrent, SetEnvVar, Status,
 };
 
 use std::path::PathBuf;
@@ -56,6 +56,21 @@ pub trait Backend: Send + Sync + 'static {
         req: SetCurrent,
         verb: &str,
     ) -> Result<Option<ProjectView>, ApiError>;
+    /// A project's environment variables by key (secret values never
+    /// shown); `None` if there is no such project.
+    fn project_env(&self, name: &str) -> Result<Option<Vec<EnvVarView>>, ApiError>;
+    /// Sets one variable, creating the project if it has no deployment yet.
+    fn set_project_env(
+        &self,
+        name: &str,
+        key: &str,
+        req: SetEnvVar,
+    ) -> Result<EnvVarView, ApiError>;
+    /// Removes one variable; whether it was there.
+    fn delete_project_env(&self, name: &str, key: &str) -> Result<bool, ApiError>;
+    /// Drops the project's build cache on every peer; `None` if there is
+    /// no such project.
+    fn clear_build_cache(&self, name: &str) -> Result<Option<ProjectView>, ApiError>;
     /// The log of one deployment in order, or `None` if there is no such deployment.
     fn logs(&self, id: &str) -> Result<Option<Vec<LogLine>>, ApiError>;
     /// Live log lines and status changes of every deployment.

@@ -150,6 +150,13 @@ pub struct ProjectView {
     /// Whether the project has its own webhook secret (never shown).
     #[serde(default)]
     pub has_webhook_secret: bool,
+    /// The build cache's generation: clearing the cache moves it on, and
+    /// every peer drops older generations.
+    #[serde(default)]
+    pub cache_generation: u64,
+    /// The base directory builds run in (none: the repository's top).
+    #[serde(default)]
+    pub root_dir: Option<String>,
     /// RFC 3339 UTC.
     pub updated_at: String,
 }
@@ -167,6 +174,41 @@ pub struct ProjectSettings {
     /// This project's own webhook secret (empty: none; the mesh's applies).
     #[serde(default)]
     pub webhook_secret: Option<String>,
+    /// The base directory builds run in (empty or ".": the repository's top).
+    #[serde(default)]
+    pub root_dir: Option<String>,
+}
+
+/// One of a project's environment variables, as the API shows it: a
+/// secret's value is never shown.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvVarView {
+    pub key: String,
+    pub secret: bool,
+    /// The value, for a plain variable only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// RFC 3339 UTC.
+    pub updated_at: String,
+}
+
+/// The body of `PUT /api/projects/{name}/env/{key}`.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetEnvVar {
+    pub value: String,
+    /// Sealed with the mesh secret, opened only inside the builds that use
+    /// it, never shown again.
+    #[serde(default)]
+    pub secret: bool,
+}
+
+impl std::fmt::Debug for SetEnvVar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SetEnvVar")
+            .field("secret", &self.secret)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The body of `POST /api/projects/{name}/rollback` and `/promote`.
@@ -220,6 +262,10 @@ pub struct NewDeployment {
     pub git_ref: Option<String>,
     #[serde(default)]
     pub commit: Option<String>,
+    /// The base directory to build in (a monorepo's app), relative to the
+    /// repository; wins over shoal.toml's `[build] root`.
+    #[serde(default)]
+    pub root_dir: Option<String>,
     /// The signed-in user's GitHub token, set by the API (never read from
     /// the request) when the repository is on the configured GitHub: the
     /// node seals it into the project so any builder can clone a private

@@ -33,6 +33,8 @@ pub enum Purpose {
     RepoToken,
     /// A project's webhook secret kept in replicated state.
     WebhookSecret,
+    /// A project's secret environment variable kept in replicated state.
+    EnvSecret,
     /// A pending device-flow sign-in, held by the browser.
     Device,
     /// The `state` of a web-flow sign-in, held by the browser.
@@ -45,6 +47,7 @@ impl Purpose {
             Self::Session => b"session",
             Self::RepoToken => b"repo-token",
             Self::WebhookSecret => b"webhook-secret",
+            Self::EnvSecret => b"env-secret",
             Self::Device => b"device",
             Self::OAuthState => b"oauth-state",
         }

@@ -2,10 +2,13 @@
 //! check, pack. Every step writes log lines; any failure becomes a
 //! [`BuildError`] whose text is what the user sees.
 
+pub mod cache;
 pub mod cgroup;
 pub mod clone;
 pub mod confine;
 pub mod detect;
+pub mod js;
+pub mod links;
 pub mod pack;
 pub mod sandbox;
 
@@ -19,13 +22,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-/// Writes log lines for one deployment and one step.
+/// Writes log lines for one deployment and one step, with the values of
+/// the build's secrets replaced by `***`.
 #[derive(Clone)]
 pub struct Logger {
     state: Arc<State>,
     deployment: Arc<str>,
     step: &'static str,
+    /// Secret values, longest first (so a secret containing another is
+    /// masked whole).
+    secrets: Arc<[String]>,
 }
+
+/// What a secret's value becomes in a log line.
+pub const MASK: &str = "***";
 
 impl Logger {
     pub fn new(state: Arc<State>, deployment: &str, step: &'static str) -> Self {
@@ -33,7 +43,29 @@ impl Logger {
             state,
             deployment: deployment.into(),
             step,
+            secrets: Arc::new([]),
         }
+    }
+
+    /// This logger, masking `secrets` in every line.
+    pub fn masking(&self, secrets: impl IntoIterator<Item = String>) -> Self {
+        let mut secrets: Vec<String> = secrets.into_iter().filter(|s| !s.is_empty()).collect();
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        Self {
+            secrets: secrets.into(),
+            ..self.clone()
+        }
+    }
+
+    /// `text` with every secret value replaced by [`MASK`].
+    pub fn mask(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for secret in self.secrets.iter() {
+            if out.contains(secret.as_str()) {
+                out = out.replace(secret.as_str(), MASK);
+            }
+        }
+        out
     }
 
     pub fn step(&self, step: &'static str) -> Self {
@@ -48,7 +80,12 @@ impl Logger {
     }
 
     pub fn line(&self, level: Level, message: &str) {
-        self.state.log(&self.deployment, self.step, level, message);
+        let message = self.mask(message);
+        self.state.log(&self.deployment, self.step, level, &message);
+    }
+
+    pub fn warn(&self, message: &str) {
+        self.line(Level::Warn, message);
     }
 
     pub fn info(&self, message: &str) {
@@ -69,6 +106,8 @@ pub struct BuildSettings {
     pub max_repo_bytes: u64,
     pub max_site_bytes: u64,
     pub allow_local: bool,
+    /// The npm registry corepack fetches yarn and pnpm from.
+    pub npm_registry: String,
 }
 
 /// Largest number of files in a checkout or a site.
@@ -86,6 +125,9 @@ pub enum BuildError {
     MissingTool { tool: String, kind: String },
     #[error("{0}")]
     Sandbox(#[from] SandboxError),
+    /// A step failed for a reason recognised in its output.
+    #[error("{error}: {hint}")]
+    Explained { error: SandboxError, hint: String },
     #[error("build produced no index.html (looked in {0})")]
     NoIndex(String),
     #[error("build output directory {0} does not exist")]
@@ -103,6 +145,10 @@ impl BuildError {
             self,
             BuildError::Sandbox(SandboxError::Canceled)
                 | BuildError::Clone(clone::CloneError::Canceled)
+                | BuildError::Explained {
+                    error: SandboxError::Canceled,
+                    ..
+                }
         )
     }
 
@@ -136,6 +182,14 @@ pub struct Job<'a> {
     pub blocks: &'a std::sync::Arc<p2p::blocks::BlockStore>,
     /// A token for a private repository.
     pub credential: Option<clone::Credential>,
+    /// The base directory asked for with the deployment (wins over
+    /// shoal.toml's `[build] root`).
+    pub root: Option<&'a str>,
+    /// The project's environment variables, secrets opened (the logger
+    /// masks their values).
+    pub env: Vec<(String, String)>,
+    /// The project's build cache on this peer.
+    pub cache: Option<cache::Slot>,
 }
 
 struct Checkout<'a>(&'a Path);
@@ -232,16 +286,45 @@ pub async fn run(
     on_commit(&cloned.commit);
 
     let dlog = log.step("detect");
-    let plan = detect::detect(&Checkout(&src), job.live_url)?;
-    dlog.info(&format!("detected {}", plan.kind));
-    for tool in &plan.tools {
-        if sandbox::which(tool).is_none() {
-            return Err(BuildError::MissingTool {
-                tool: tool.clone(),
-                kind: plan.kind.clone(),
-            });
+    let plan = detect::detect(&Checkout(&src), job.live_url, job.root)?;
+    let root = src.join(&plan.root);
+    if !root.is_dir() {
+        return Err(detect::DetectError::NoRoot(plan.root.clone()).into());
+    }
+    let in_root = if plan.root == "." {
+        String::new()
+    } else {
+        format!(" in {}/", plan.root)
+    };
+    dlog.info(&format!("detected {}{in_root}", plan.kind));
+    for note in &plan.notes {
+        dlog.warn(note);
+    }
+    let corepack = tools_available(&plan, &dlog)?;
+    if let Some((source, wanted)) = &plan.node_wanted {
+        check_node(source, wanted, &dlog);
+    }
+
+    let cache_dir = job.workdir.join("cache");
+    tokio::fs::create_dir_all(&cache_dir).await?;
+    let key = cache_key(&src, &plan);
+    let mut warm_cache = false;
+    if let (Some(slot), Some(key)) = (&job.cache, &key) {
+        let (slot, key, dir) = (slot.clone(), key.clone(), cache_dir.clone());
+        let restored = tokio::task::spawn_blocking(move || slot.restore(&key, &dir))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        match restored {
+            Ok(r) => {
+                dlog.info(&r.to_string());
+                if matches!(r, cache::Restored::Exact { .. }) {
+                    warm_cache = true;
+                }
+            }
+            Err(e) => dlog.warn(&format!("could not restore the build cache: {e}")),
         }
     }
+    let (_, cache_inside) = sandbox::inside(&settings.isolation, &src, &cache_dir);
 
     let deadline = Instant::now() + settings.timeout;
     let limits = sandbox::Limits {
@@ -250,35 +333,76 @@ pub async fn run(
         tmp_bytes: settings.tmp_bytes,
         deadline,
     };
-    let env = vec![
+    let mut env = vec![
         ("SHOAL_LIVE_URL".to_owned(), job.live_url.to_owned()),
         ("SHOAL_COMMIT".to_owned(), cloned.commit.clone()),
-        ("NODE_ENV".to_owned(), "production".to_owned()),
-        ("JEKYLL_ENV".to_owned(), "production".to_owned()),
     ];
-    for (name, cmd, network) in [
-        ("install", plan.install.as_ref(), true),
+    env.extend(job.env.iter().cloned());
+    for (var, dir) in &plan.cache_env {
+        env.push((
+            (*var).to_owned(),
+            cache_inside.join(dir).display().to_string(),
+        ));
+    }
+    if warm_cache && plan.tools.iter().any(|t| t == "npm" || t == "pnpm") {
+        // Everything the lockfile names is in the cache: take it from there
+        // without asking the registry again (the project's own setting wins).
+        env.insert(2, ("npm_config_prefer_offline".into(), "true".into()));
+    }
+    let tools = cache_inside.join(".bin");
+    if corepack.is_some() {
+        env.extend([
+            (
+                "PATH".to_owned(),
+                format!("{}:{}", tools.display(), sandbox::SANDBOX_PATH),
+            ),
+            ("COREPACK_ENABLE_DOWNLOAD_PROMPT".into(), "0".into()),
+            ("COREPACK_ENABLE_AUTO_PIN".into(), "0".into()),
+            ("COREPACK_DEFAULT_TO_LATEST".into(), "0".into()),
+            (
+                "COREPACK_NPM_REGISTRY".into(),
+                settings.npm_registry.clone(),
+            ),
+        ]);
+    }
+    let mut build_env = env.clone();
+    // The framework's defaults first, so the project's own values win.
+    build_env.splice(2..2, plan.build_env.iter().cloned());
+    let enable = corepack.map(|pm| {
+        detect::Cmd::of(&[
+            "corepack",
+            "enable",
+            "--install-directory",
+            &tools.display().to_string(),
+            pm,
+        ])
+    });
+    let steps = [
+        ("install", enable.as_ref(), &env, true),
+        ("install", plan.install.as_ref(), &env, true),
         (
             "build",
             plan.build.as_ref(),
+            &build_env,
             plan.network || settings.build_network,
         ),
-    ] {
+    ];
+    for (name, cmd, env, network) in steps {
         let Some(cmd) = cmd else { continue };
-        let slog = log.step(if name == "install" {
-            "install"
-        } else {
-            "build"
-        });
+        let slog = log.step(name);
         let t = Instant::now();
         let step = Step {
             name,
             cmd,
             workdir: &src,
+            cwd: &plan.root,
+            cache: &cache_dir,
             network,
-            env: &env,
+            env,
         };
-        sandbox::run(&settings.isolation, step, &limits, &slog, cancel.clone()).await?;
+        sandbox::run(&settings.isolation, step, &limits, &slog, cancel.clone())
+            .await
+            .map_err(|e| explain(e, &plan))?;
         slog.info(&format!(
             "{name} finished in {:.1} s",
             t.elapsed().as_secs_f64()
@@ -286,12 +410,15 @@ pub async fn run(
     }
 
     let out_dir = match &plan.output {
-        Output::Dir(d) => src.join(d),
+        Output::Dir(d) => root.join(d),
         Output::Probe(list) => list
             .iter()
-            .map(|d| src.join(d))
+            .map(|d| root.join(d))
             .find(|p| p.join("index.html").is_file())
-            .ok_or_else(|| BuildError::NoIndex(list.join(", ")))?,
+            .ok_or_else(|| {
+                let shown: Vec<String> = list.iter().map(|d| plan.in_root(d)).collect();
+                BuildError::NoIndex(shown.join(", "))
+            })?,
     };
     let shown = out_dir
         .strip_prefix(&src)
@@ -303,6 +430,14 @@ pub async fn run(
     if !out_dir.join("index.html").is_file() {
         return Err(BuildError::NoIndex(shown));
     }
+
+    let report = {
+        let out = out_dir.clone();
+        tokio::task::spawn_blocking(move || links::check(&out))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?
+    };
+    report.log(&log.step("check"));
 
     let plog = log.step("pack");
     let tmp_zip = job.workdir.join("site.zip");
@@ -334,8 +469,110 @@ pub async fn run(
         packed.zip_bytes,
         manifest.len()
     ));
+    if let (Some(slot), Some(key)) = (&job.cache, &key) {
+        let (slot, key, dir) = (slot.clone(), key.clone(), cache_dir.clone());
+        let saved = tokio::task::spawn_blocking(move || slot.save(&key, &dir))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        match saved {
+            Ok(bytes) => plog.info(&format!(
+                "saved the build cache ({} MB)",
+                (bytes + 500_000) / 1_000_000
+            )),
+            Err(e) => plog.warn(&format!("could not save the build cache: {e}")),
+        }
+    }
     Ok(Built {
         commit: cloned.commit,
         artifact,
     })
+}
+
+/// Checks that the plan's tools are on this peer; a package manager that
+/// is missing comes from corepack (returned) when corepack is here.
+fn tools_available(plan: &detect::Plan, log: &Logger) -> Result<Option<&'static str>, BuildError> {
+    let mut corepack = None;
+    for tool in &plan.tools {
+        if sandbox::which(tool).is_some() {
+            continue;
+        }
+        match plan.corepack {
+            Some(pm) if pm == tool && sandbox::which("corepack").is_some() => {
+                log.info(&format!(
+                    "{pm} is not installed on this peer: corepack provides it"
+                ));
+                corepack = Some(pm);
+            }
+            _ => {
+                return Err(BuildError::MissingTool {
+                    tool: tool.clone(),
+                    kind: plan.kind.clone(),
+                })
+            }
+        }
+    }
+    Ok(corepack)
+}
+
+/// The peer's Node version (`v20.11.1`), asked once.
+fn node_version() -> Option<&'static str> {
+    static VERSION: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    VERSION
+        .get_or_init(|| {
+            let node = sandbox::which("node")?;
+            let out = std::process::Command::new(node)
+                .arg("--version")
+                .env_clear()
+                .stdin(std::process::Stdio::null())
+                .output()
+                .ok()?;
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        })
+        .as_deref()
+}
+
+/// Warns when the Node the repository asks for is not the one that runs.
+fn check_node(source: &str, wanted: &str, log: &Logger) {
+    let Some(running) = node_version() else {
+        return;
+    };
+    match js::node_satisfies(source, wanted, running) {
+        Some(true) => log.info(&format!(
+            "Node {running} (the repository asks for {wanted} in {source})"
+        )),
+        Some(false) => log.warn(&format!(
+            "the repository asks for Node {wanted} ({source}), but this peer runs Node {running}; building with {running}"
+        )),
+        None => log.info(&format!(
+            "the repository asks for Node {wanted} ({source}); this peer runs Node {running}"
+        )),
+    }
+}
+
+/// The build cache's key: the lockfile's hash (with the plan's kind, so
+/// two package managers never share one).
+fn cache_key(src: &Path, plan: &detect::Plan) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    let file = plan.cache_key.as_deref()?;
+    let bytes = std::fs::read(src.join(file)).ok()?;
+    let mut h = Sha256::new();
+    h.update(plan.kind.as_bytes());
+    h.update([0]);
+    h.update(&bytes);
+    Some(hex::encode(&h.finalize()[..12]))
+}
+
+/// Turns a failed step into an error that says what to do, when its
+/// output shows a known cause.
+fn explain(error: SandboxError, plan: &detect::Plan) -> BuildError {
+    let hint = match &error {
+        SandboxError::Failed { tail, .. } => js::explain(tail, plan.cache_key.as_deref()),
+        _ => None,
+    };
+    match hint {
+        Some(hint) => BuildError::Explained { error, hint },
+        None => BuildError::Sandbox(error),
+    }
 }

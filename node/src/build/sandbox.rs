@@ -164,7 +164,12 @@ pub enum SandboxError {
     #[error("no build sandbox on this peer: {0}")]
     Unavailable(String),
     #[error("`{cmd}` exited with {status}")]
-    Failed { cmd: String, status: String },
+    Failed {
+        cmd: String,
+        status: String,
+        /// The step's last output lines (masked like the log).
+        tail: Vec<String>,
+    },
     #[error("`{0}` ran out of memory (the build's memory cap)")]
     OutOfMemory(String),
     #[error("`{0}` failed: the build reached its process cap")]
@@ -181,10 +186,29 @@ pub enum SandboxError {
 pub struct Step<'a> {
     pub name: &'a str,
     pub cmd: &'a Cmd,
+    /// The checkout: writable, and the sandbox's `/build`.
     pub workdir: &'a Path,
+    /// Where under the checkout the step runs ("." for its top).
+    pub cwd: &'a str,
+    /// The build cache: writable, and the sandbox's `/cache`.
+    pub cache: &'a Path,
     pub network: bool,
     pub env: &'a [(String, String)],
 }
+
+/// Where the checkout and the cache appear to a step under `iso`.
+pub fn inside(iso: &Isolation, workdir: &Path, cache: &Path) -> (PathBuf, PathBuf) {
+    match iso {
+        Isolation::Bwrap { .. } => ("/build".into(), "/cache".into()),
+        _ => (workdir.to_owned(), cache.to_owned()),
+    }
+}
+
+/// Output lines kept for a failed step's explanation.
+const TAIL_LINES: usize = 40;
+
+/// A step's last output lines.
+type Tail = std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>;
 
 fn bwrap_args(step: &Step, limits: &Limits) -> Vec<String> {
     let mut a: Vec<String> = [
@@ -193,7 +217,10 @@ fn bwrap_args(step: &Step, limits: &Limits) -> Vec<String> {
         "--new-session",
         "--cap-drop",
         "ALL",
-        "--clearenv",
+        // The environment comes from the (cleared) parent's, so that no
+        // value (a secret) shows in the command line of a process.
+        "--unsetenv",
+        "SHOAL_CGROUP_PROCS",
     ]
     .map(String::from)
     .to_vec();
@@ -210,17 +237,22 @@ fn bwrap_args(step: &Step, limits: &Limits) -> Vec<String> {
         "--tmpfs".into(),
         "/tmp".into(),
     ]);
+    let cwd = if step.cwd == "." {
+        "/build".to_owned()
+    } else {
+        format!("/build/{}", step.cwd)
+    };
     a.extend([
         "--bind".into(),
         step.workdir.display().to_string(),
         "/build".into(),
+        "--bind".into(),
+        step.cache.display().to_string(),
+        "/cache".into(),
         "--chdir".into(),
-        "/build".into(),
+        cwd,
     ]);
     a.extend(["--hostname", "shoal-build"].map(String::from));
-    for (k, v) in base_env().into_iter().chain(step.env.iter().cloned()) {
-        a.extend(["--setenv".into(), k, v]);
-    }
     a.push("--".into());
     a.extend(step.cmd.0.iter().cloned());
     a
@@ -267,7 +299,8 @@ pub async fn run(
                 .arg(bwrap)
                 .args(bwrap_args(&step, limits))
                 .env_clear()
-                .env("PATH", SANDBOX_PATH)
+                .envs(base_env())
+                .envs(step.env.iter().cloned())
                 .env("SHOAL_CGROUP_PROCS", procs.join(" "))
                 .process_group(0);
             (c, Some(cg))
@@ -319,14 +352,15 @@ pub async fn run(
         }
     };
     let pgid = child.id().map(|id| nix::unistd::Pid::from_raw(id as i32));
+    let tail = Tail::default();
     let out = child
         .stdout
         .take()
-        .map(|s| tokio::spawn(pump(s, log.clone(), Level::Info)));
+        .map(|s| tokio::spawn(pump(s, log.clone(), Level::Info, tail.clone())));
     let err = child
         .stderr
         .take()
-        .map(|s| tokio::spawn(pump(s, log.clone(), Level::Warn)));
+        .map(|s| tokio::spawn(pump(s, log.clone(), Level::Warn, tail.clone())));
     let outcome = tokio::select! {
         status = child.wait() => Ok(status?),
         _ = tokio::time::sleep_until(limits.deadline.into()) => Err(SandboxError::TimedOut),
@@ -362,9 +396,11 @@ pub async fn run(
             Some(code) => format!("status {code}"),
             None => "a signal".into(),
         };
+        let tail = std::mem::take(&mut *tail.lock().unwrap_or_else(|p| p.into_inner()));
         Err(SandboxError::Failed {
             cmd: display,
             status,
+            tail: tail.into(),
         })
     }
 }
@@ -377,7 +413,8 @@ fn direct(step: &Step, tmp: Option<&Path>) -> Command {
     if let Some(tmp) = tmp {
         c.env("HOME", tmp.join("home")).env("TMPDIR", tmp);
     }
-    c.envs(step.env.iter().cloned()).current_dir(step.workdir);
+    c.envs(step.env.iter().cloned())
+        .current_dir(step.workdir.join(step.cwd));
     c
 }
 
@@ -403,7 +440,7 @@ fn confinement(
 ) -> std::io::Result<Confinement> {
     let ruleset = confine::ruleset(&Policy {
         system: SYSTEM_DIRS,
-        writable: &[step.workdir, tmp],
+        writable: &[step.workdir, step.cache, tmp],
         deny,
         network: step.network,
     })?;
@@ -436,7 +473,7 @@ fn confinement(
 
 /// Copies a pipe into the log line by line, cutting lines at [`MAX_LINE`]
 /// bytes so a process that never prints a newline cannot grow memory.
-async fn pump(pipe: impl AsyncRead + Unpin, log: Logger, level: Level) {
+async fn pump(pipe: impl AsyncRead + Unpin, log: Logger, level: Level, tail: Tail) {
     let mut reader = BufReader::new(pipe);
     let mut line = Vec::with_capacity(256);
     loop {
@@ -452,7 +489,7 @@ async fn pump(pipe: impl AsyncRead + Unpin, log: Logger, level: Level) {
         line.extend_from_slice(&buf[..take.min(room)]);
         reader.consume(take);
         if newline || line.len() >= MAX_LINE {
-            emit(&log, level, &line);
+            emit(&log, level, &line, &tail);
             line.clear();
             if !newline {
                 // Skip the rest of an overlong line.
@@ -476,11 +513,17 @@ async fn pump(pipe: impl AsyncRead + Unpin, log: Logger, level: Level) {
         }
     }
     if !line.is_empty() {
-        emit(&log, level, &line);
+        emit(&log, level, &line, &tail);
     }
 }
 
-fn emit(log: &Logger, level: Level, raw: &[u8]) {
+fn emit(log: &Logger, level: Level, raw: &[u8], tail: &Tail) {
     let text = String::from_utf8_lossy(raw);
-    log.line(level, text.trim_end_matches(['\n', '\r']));
+    let text = log.mask(text.trim_end_matches(['\n', '\r']));
+    log.line(level, &text);
+    let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
+    if tail.len() == TAIL_LINES {
+        tail.pop_front();
+    }
+    tail.push_back(text);
 }
