@@ -156,6 +156,11 @@ pub struct NodeConfig {
     /// peer, in MiB; the least recently used are dropped beyond it.
     #[arg(long, env = "SHOAL_BUILD_CACHE_MB", default_value_t = 4096)]
     pub build_cache_mb: u64,
+    /// Let corepack take yarn and pnpm from a registry that serves no
+    /// signatures (a mirror that strips them): the integrity hash is still
+    /// checked, the registry's signature is not.
+    #[arg(long, env = "SHOAL_COREPACK_NO_SIGNATURES")]
+    pub corepack_no_signatures: bool,
     /// The npm registry corepack fetches yarn and pnpm from.
     #[arg(
         long,

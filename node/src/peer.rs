@@ -133,6 +133,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         max_site_bytes: cfg.max_site_mb * mib,
         allow_local: cfg.allow_local_repos,
         npm_registry: cfg.npm_registry.clone(),
+        corepack_signatures: !cfg.corepack_no_signatures,
     };
     let ui_addr = SocketAddr::new(cfg.listen, cfg.http_port);
     let sites_addr = SocketAddr::new(cfg.listen, cfg.sites_port);

@@ -173,6 +173,7 @@ fn deploy_form(viewer: &Viewer) -> String {
          <label>Git URL <input name=repo_url required placeholder='https://github.com/you/site.git'></label>\
          <label>Name <input name=name placeholder='from the repository'></label>\
          <label>Branch or tag <input name=ref placeholder='default branch'></label>\
+         <label>Base directory <input name=root_dir placeholder='the repository top (e.g. apps/site)'></label>\
          {token}<button>Deploy</button><output id=deploy-result></output></form>"
     )
 }
@@ -379,7 +380,20 @@ async fn project_page<B: Backend>(
          <label>Poll every (seconds, 0 = webhooks only) <input name=poll_interval_secs type=number min=0 max=86400 value={poll}></label>\
          <label>Branch <input name=branch value='{branch}' placeholder='default branch'></label>\
          <label>Webhook secret of this project <input name=webhook_secret type=password autocomplete=off placeholder='{secret_hint}'></label>\
+         <label>Base directory <input name=root_dir value='{root}' placeholder='the repository top'></label>\
          <button>Save</button><output id=settings-result></output></form>\
+         <section id=env data-project='{name}'><h2>Environment variables</h2>\
+         <p>Given to the install and build steps. A secret is sealed with the mesh secret and never shown again; \
+         build output that prints it shows <code>***</code>.</p>\
+         <table id=env-vars><thead><tr><th>Name</th><th>Value</th><th></th></tr></thead>\
+         <tbody><tr><td colspan=3 class=empty>Loading…</td></tr></tbody></table>\
+         <form id=env-form class=deploy><label>Name <input name=key required pattern='[A-Za-z_][A-Za-z0-9_]*'></label>\
+         <label>Value <input name=value autocomplete=off></label>\
+         <label><span><input type=checkbox name=secret> secret</span></label>\
+         <button>Set</button><output id=env-result></output></form></section>\
+         <h2>Build cache</h2><p>What the package manager downloaded, kept per lockfile on each peer.</p>\
+         <p><button id=clear-cache type=button data-project='{name}'>Clear the build cache</button> \
+         <output id=clear-cache-result></output></p>\
          <h2>Deployments</h2><table id=project-deployments><thead><tr><th>Deployment</th><th>Status</th>\
          <th>Commit</th><th>Created</th></tr></thead><tbody>{rows}</tbody></table>\
          <h2>History</h2><ol id=history>{switches}</ol>",
@@ -388,6 +402,7 @@ async fn project_page<B: Backend>(
         checked = if p.auto_deploy { "checked" } else { "" },
         poll = p.poll_interval_secs,
         branch = esc(p.branch.as_deref().unwrap_or("")),
+        root = esc(p.root_dir.as_deref().unwrap_or("")),
         secret_hint = if p.has_webhook_secret { "set (type to replace)" } else { "none: the mesh's" },
     );
     Ok(page(&viewer, &p.name, &body))

@@ -531,6 +531,12 @@ pub fn explain(tail: &[String], lockfile: Option<&str>) -> Option<String> {
             "package.json and {lock} disagree: run `{pm}` and commit the updated {lock}"
         ));
     }
+    if has("No compatible signature found in package metadata") {
+        return Some(
+            "corepack found no signature on the package manager it downloaded (the registry, a mirror, strips them): start the peers with --corepack-no-signatures, or install the package manager on them"
+                .into(),
+        );
+    }
     if has("ENOTFOUND") || has("EAI_AGAIN") || has("getaddrinfo") {
         return Some(
             "the package registry could not be reached from this peer (the install step needs it)"

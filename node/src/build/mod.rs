@@ -108,6 +108,9 @@ pub struct BuildSettings {
     pub allow_local: bool,
     /// The npm registry corepack fetches yarn and pnpm from.
     pub npm_registry: String,
+    /// Whether corepack checks the registry's signatures (off for a mirror
+    /// that serves none).
+    pub corepack_signatures: bool,
 }
 
 /// Largest number of files in a checkout or a site.
@@ -125,9 +128,14 @@ pub enum BuildError {
     MissingTool { tool: String, kind: String },
     #[error("{0}")]
     Sandbox(#[from] SandboxError),
-    /// A step failed for a reason recognised in its output.
-    #[error("{error}: {hint}")]
-    Explained { error: SandboxError, hint: String },
+    /// An install or build step failed; `hint`, when its output shows a
+    /// known cause, says what to change.
+    #[error("{error}{}", hint.as_deref().map(|h| format!(": {h}")).unwrap_or_default())]
+    Step {
+        step: &'static str,
+        error: SandboxError,
+        hint: Option<String>,
+    },
     #[error("build produced no index.html (looked in {0})")]
     NoIndex(String),
     #[error("build output directory {0} does not exist")]
@@ -145,7 +153,7 @@ impl BuildError {
             self,
             BuildError::Sandbox(SandboxError::Canceled)
                 | BuildError::Clone(clone::CloneError::Canceled)
-                | BuildError::Explained {
+                | BuildError::Step {
                     error: SandboxError::Canceled,
                     ..
                 }
@@ -158,6 +166,7 @@ impl BuildError {
             BuildError::Clone(_) => "clone",
             BuildError::Detect(_) | BuildError::MissingTool { .. } => "detect",
             BuildError::Pack(_) => "pack",
+            BuildError::Step { step, .. } => step,
             _ => "build",
         }
     }
@@ -351,6 +360,9 @@ pub async fn run(
     }
     let tools = cache_inside.join(".bin");
     if corepack.is_some() {
+        tokio::fs::create_dir_all(cache_dir.join(".bin")).await?;
+    }
+    if corepack.is_some() {
         env.extend([
             (
                 "PATH".to_owned(),
@@ -364,6 +376,9 @@ pub async fn run(
                 settings.npm_registry.clone(),
             ),
         ]);
+        if !settings.corepack_signatures {
+            env.push(("COREPACK_INTEGRITY_KEYS".into(), "0".into()));
+        }
     }
     let mut build_env = env.clone();
     // The framework's defaults first, so the project's own values win.
@@ -402,7 +417,7 @@ pub async fn run(
         };
         sandbox::run(&settings.isolation, step, &limits, &slog, cancel.clone())
             .await
-            .map_err(|e| explain(e, &plan))?;
+            .map_err(|e| explain(name, e, &plan))?;
         slog.info(&format!(
             "{name} finished in {:.1} s",
             t.elapsed().as_secs_f64()
@@ -564,15 +579,12 @@ fn cache_key(src: &Path, plan: &detect::Plan) -> Option<String> {
     Some(hex::encode(&h.finalize()[..12]))
 }
 
-/// Turns a failed step into an error that says what to do, when its
-/// output shows a known cause.
-fn explain(error: SandboxError, plan: &detect::Plan) -> BuildError {
+/// A failed step as an error that says what to do, when its output shows
+/// a known cause.
+fn explain(step: &'static str, error: SandboxError, plan: &detect::Plan) -> BuildError {
     let hint = match &error {
         SandboxError::Failed { tail, .. } => js::explain(tail, plan.cache_key.as_deref()),
         _ => None,
     };
-    match hint {
-        Some(hint) => BuildError::Explained { error, hint },
-        None => BuildError::Sandbox(error),
-    }
+    BuildError::Step { step, error, hint }
 }

@@ -258,8 +258,12 @@ fn bwrap_args(step: &Step, limits: &Limits) -> Vec<String> {
     a
 }
 
+/// The system's certificate authorities (Debian's bundle), which Node
+/// does not read by itself.
+const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 fn base_env() -> Vec<(String, String)> {
-    [
+    let mut env: Vec<(String, String)> = [
         ("PATH", SANDBOX_PATH),
         ("HOME", "/tmp/home"),
         ("CI", "true"),
@@ -268,7 +272,13 @@ fn base_env() -> Vec<(String, String)> {
     ]
     .iter()
     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-    .collect()
+    .collect();
+    // A build trusts the authorities the system trusts, Node's fetch
+    // (corepack, frameworks' downloads) included, as curl and git do.
+    if Path::new(SYSTEM_CA_BUNDLE).is_file() {
+        env.push(("NODE_EXTRA_CA_CERTS".into(), SYSTEM_CA_BUNDLE.into()));
+    }
+    env
 }
 
 /// Runs `step` to completion, logging its output; kills everything it

@@ -45,7 +45,7 @@ if (form) {
     const out = document.getElementById("deploy-result");
     if (token && token.value) localStorage.setItem("shoal-token", token.value);
     const body = { repo_url: form.elements.repo_url.value.trim() };
-    for (const k of ["name", "ref"]) if (form.elements[k].value.trim()) body[k] = form.elements[k].value.trim();
+    for (const k of ["name", "ref", "root_dir"]) if (form.elements[k].value.trim()) body[k] = form.elements[k].value.trim();
     const r = await write("POST", "/api/deployments", body);
     if (r && r.res.status === 202) location.href = "/deployments/" + r.json.id;
     else if (r) out.textContent = problem(r);
@@ -242,6 +242,7 @@ if (settings) {
       auto_deploy: settings.elements.auto_deploy.checked,
       poll_interval_secs: Number(settings.elements.poll_interval_secs.value || 0),
       branch: settings.elements.branch.value.trim(),
+      root_dir: settings.elements.root_dir.value.trim(),
     };
     const secret = settings.elements.webhook_secret.value.trim();
     if (secret) body.webhook_secret = secret;
@@ -249,3 +250,52 @@ if (settings) {
     if (r) out.textContent = r.res.ok ? "Saved." : problem(r);
   });
 }
+
+// A project's environment variables: listed (secrets by name only), set
+// and removed.
+const env = document.getElementById("env");
+if (env) {
+  const base = "/api/projects/" + encodeURIComponent(env.dataset.project) + "/env";
+  const body = env.querySelector("tbody");
+  const out = document.getElementById("env-result");
+  const note = (text) => {
+    const tr = el("tr");
+    tr.append(el("td", { colspan: 3, class: "empty" }, text));
+    body.append(tr);
+  };
+  async function load() {
+    const r = await write("GET", base);
+    if (!r) return;
+    body.replaceChildren();
+    if (!r.res.ok) return note(problem(r));
+    if (!r.json.length) note("No variables yet.");
+    for (const v of r.json) {
+      const tr = el("tr", { "data-key": v.key });
+      tr.append(el("td", { class: "mono" }, v.key));
+      tr.append(el("td", { class: v.secret ? "secret" : "mono" }, v.secret ? "secret (hidden)" : v.value));
+      const cell = el("td");
+      const rm = el("button", { type: "button" }, "Remove");
+      rm.addEventListener("click", async () => {
+        const d = await write("DELETE", base + "/" + encodeURIComponent(v.key));
+        if (d && (d.res.ok || d.res.status === 404)) load();
+        else if (d) out.textContent = problem(d);
+      });
+      cell.append(rm);
+      tr.append(cell);
+      body.append(tr);
+    }
+  }
+  const f = document.getElementById("env-form");
+  f.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const key = f.elements.key.value.trim();
+    const r = await write("PUT", base + "/" + encodeURIComponent(key), { value: f.elements.value.value, secret: f.elements.secret.checked });
+    if (!r) return;
+    if (r.res.ok) { out.textContent = key + " set; the next build uses it."; f.reset(); load(); }
+    else out.textContent = problem(r);
+  });
+  load();
+}
+
+// Drop a project's build cache on every peer.
+action("clear-cache", (d) => write("DELETE", "/api/projects/" + d.project + "/cache"), () => "Cleared: the next build downloads everything again.");
