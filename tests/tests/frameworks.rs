@@ -350,3 +350,43 @@ async fn what_cannot_build_says_what_to_change() {
         "{log}"
     );
 }
+
+/// Gatsby's own `sharp` (0.32) downloads libvips from GitHub at install,
+/// which this machine cannot reach; the fixture pins the 0.33 that comes
+/// from the npm registry (`overrides`), as a user behind a firewall would.
+#[tokio::test]
+async fn gatsby() {
+    deploys_everywhere(
+        "gatsby",
+        "gatsby-site",
+        &[
+            ("/", "Gatsby on shoal"),
+            ("/about/", "About this Gatsby site"),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn create_react_app() {
+    let log = deploys_everywhere("cra", "cra-site", &[("/", "<div id=\"root\"></div>")]).await;
+    assert!(
+        log.contains("[detect] detected npm (Create React App)"),
+        "{log}"
+    );
+    assert!(log.contains("none missing"), "{log}");
+}
+
+#[tokio::test]
+async fn vite_on_every_peer() {
+    let log = deploys_everywhere(
+        "vite-react-ts",
+        "vite-mesh",
+        &[("/", "<div id=\"root\"></div>")],
+    )
+    .await;
+    assert!(
+        log.contains("[check] link check: 1 local links in 1 pages, none missing"),
+        "{log}"
+    );
+}
