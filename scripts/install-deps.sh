@@ -3,7 +3,8 @@
 #   runtime: git and bubblewrap (the build sandbox), curl
 #   test:    the runtime set plus what the build needs (pkg-config, libssl-dev)
 #            and the browser tests' Chromium and ChromeDriver, openssl and
-#            iproute2
+#            iproute2, and the generators the build tests run (Hugo, Jekyll
+#            with bundler; Node and npm, whose corepack brings yarn and pnpm)
 set -euo pipefail
 what=${1:-runtime}
 pkgs=()
@@ -13,7 +14,10 @@ command -v curl > /dev/null || pkgs+=(curl)
 if [ "$what" = test ]; then
   command -v pkg-config > /dev/null || pkgs+=(pkg-config)
   [ -e /usr/include/openssl/ssl.h ] || pkgs+=(libssl-dev)
-  command -v npm > /dev/null || pkgs+=(nodejs npm)   # the npm build test
+  command -v npm > /dev/null || pkgs+=(nodejs npm)   # the JavaScript framework tests
+  command -v hugo > /dev/null || pkgs+=(hugo)          # the generator tests
+  command -v jekyll > /dev/null || pkgs+=(jekyll)
+  command -v bundle > /dev/null || pkgs+=(ruby-bundler)
   command -v openssl > /dev/null || pkgs+=(openssl)    # the fake GitHub App's key
   command -v ip > /dev/null || pkgs+=(iproute2)        # the Kubernetes emulation's namespaces
   command -v chromium > /dev/null || pkgs+=(chromium)  # the browser tests

@@ -7,6 +7,7 @@ pub mod cgroup;
 pub mod clone;
 pub mod confine;
 pub mod detect;
+pub mod hints;
 pub mod js;
 pub mod links;
 pub mod pack;
@@ -583,7 +584,7 @@ fn cache_key(src: &Path, plan: &detect::Plan) -> Option<String> {
 /// a known cause.
 fn explain(step: &'static str, error: SandboxError, plan: &detect::Plan) -> BuildError {
     let hint = match &error {
-        SandboxError::Failed { tail, .. } => js::explain(tail, plan.cache_key.as_deref()),
+        SandboxError::Failed { tail, .. } => hints::explain(tail, plan.cache_key.as_deref()),
         _ => None,
     };
     BuildError::Step { step, error, hint }
