@@ -167,13 +167,13 @@ pub async fn build_and_publish(
             hand_over(state, &rec.id, epoch, &tool, &kind, &log.step("detect"));
         }
         Err(err) => {
-            warn!(error = %err, "build failed");
+            warn!(error = %log.mask(&err.to_string()), "build failed");
             fail(
                 state,
                 &rec.id,
                 epoch,
                 Status::BuildFailed,
-                &err.to_string(),
+                &log.mask(&err.to_string()),
                 &log.step(err.step()),
             );
             let _ = state.flush().await;

@@ -20,7 +20,7 @@ pub const MAX_KEY: usize = 128;
 pub const MAX_VALUE: usize = 32 * 1024;
 
 /// Names the sandbox sets itself, which a project may not replace.
-const RESERVED: &[&str] = &["PATH", "HOME", "TMPDIR", "PWD", "COREPACK_HOME", "CI"];
+const RESERVED: &[&str] = &["PATH", "HOME", "TMPDIR", "PWD", "COREPACK_HOME"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnvError {

@@ -312,6 +312,74 @@ async fn sign_in_pick_a_repo_deploy_redeploy_and_roll_back_in_a_real_browser() -
     );
     let first_id = first_url.rsplit('/').next().unwrap();
     assert!(history.contains(&first_id[..10]));
+
+    // Environment variables on the project page: a secret is listed by
+    // name only, a plain one with its value, and one can be removed.
+    const SECRET: &str = "browser-secret-5f1c9a";
+    for (key, value, secret) in [
+        ("API_KEY", SECRET, true),
+        ("PUBLIC_URL", "https://blog.example", false),
+    ] {
+        let form = c.find(Locator::Css("#env-form")).await?;
+        form.find(Locator::Css("input[name=key]"))
+            .await?
+            .send_keys(key)
+            .await?;
+        form.find(Locator::Css("input[name=value]"))
+            .await?
+            .send_keys(value)
+            .await?;
+        if secret {
+            form.find(Locator::Css("input[name=secret]"))
+                .await?
+                .click()
+                .await?;
+        }
+        form.find(Locator::Css("button")).await?.click().await?;
+        wait_text(
+            &c,
+            &format!("#env-vars tr[data-key='{key}']"),
+            "the variable listed",
+            |t| t.contains(key),
+        )
+        .await?;
+    }
+    let secret_row = text_of(&c, "#env-vars tr[data-key='API_KEY']")
+        .await
+        .unwrap_or_default();
+    assert!(secret_row.contains("secret (hidden)"), "{secret_row}");
+    let plain_row = text_of(&c, "#env-vars tr[data-key='PUBLIC_URL']")
+        .await
+        .unwrap_or_default();
+    assert!(plain_row.contains("https://blog.example"), "{plain_row}");
+    screenshot(&c, "project-env").await?;
+    assert!(
+        !c.source().await?.contains(SECRET),
+        "the page shows the secret"
+    );
+    c.refresh().await?;
+    wait_text(
+        &c,
+        "#env-vars tr[data-key='API_KEY']",
+        "the variables after a reload",
+        |t| t.contains("secret (hidden)"),
+    )
+    .await?;
+    assert!(
+        !c.source().await?.contains(SECRET),
+        "the page shows the secret"
+    );
+    c.find(Locator::Css("#env-vars tr[data-key='PUBLIC_URL'] button"))
+        .await?
+        .click()
+        .await?;
+    wait_until("the removed variable gone", WAIT, || async {
+        c.find(Locator::Css("#env-vars tr[data-key='PUBLIC_URL']"))
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await?;
     c.goto(&format!("{}/peers", a.http)).await?;
     let rows = c.find_all(Locator::Css("#peers tbody tr")).await?;
     assert_eq!(rows.len(), 3);
