@@ -47,16 +47,7 @@ fn bearer(c: &ClientArgs) -> anyhow::Result<String> {
 
 /// A write with the admin token or the kept session; returns the answer's JSON body.
 async fn post(c: &ClientArgs, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-    let token = bearer(c)?;
-    let mut req = client()?.post(url(c, path)).bearer_auth(token);
-    if let Some(body) = body {
-        req = req.json(&body);
-    }
-    let res = req
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {}", c.peer))?;
-    check(res).await
+    send(c, reqwest::Method::POST, path, body).await
 }
 
 /// A request with the admin token or the kept session.

@@ -1,6 +1,7 @@
 //! Who builds a deployment: the same pure function on every peer, over that
-//! peer's view of the mesh. Rendezvous (HRW) hashing of (deployment, peer)
-//! orders the eligible peers; the least loaded of the top three wins, ties
+//! peer's view of the mesh. Rendezvous (HRW) hashing of (key, peer) orders
+//! the eligible peers (the key is the deployment's project, so that its
+//! builds find their build cache); the least loaded of the top three wins, ties
 //! broken by HRW order. HRW keeps peers agreeing even when their load
 //! figures are a little stale: only the top three compare loads, and loads
 //! are compared in steps of [`LOAD_STEP`].

@@ -110,14 +110,6 @@ pub async fn build_and_publish(
                 return;
             }
         };
-    if !env.is_empty() {
-        let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
-        log.step("detect").info(&format!(
-            "project environment: {} ({} secret)",
-            names.join(", "),
-            secrets.len()
-        ));
-    }
     let log = log.masking(secrets);
     let generation = state
         .project(&rec.name)

@@ -337,7 +337,9 @@ impl Worker {
     fn my_turn(&mut self, rec: &DeploymentRecord, candidates: &[Candidate], now: u64) -> bool {
         let mut needs = vec![BUILD.to_owned()];
         needs.extend(rec.requires.iter().cloned());
-        let ranked = election::rank(&rec.id, candidates, &needs);
+        // Ranked by project, not by deployment: a project's builds go to
+        // the same few peers, where its build cache is.
+        let ranked = election::rank(&rec.name, candidates, &needs);
         let Some(pos) = ranked.iter().position(|p| *p == self.shared.state.peer) else {
             return false;
         };

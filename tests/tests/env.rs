@@ -25,6 +25,17 @@ async fn put_env(peer: &Peer, project: &str, key: &str, body: Value) -> (u16, Va
     (status, res.json().await.unwrap_or(Value::Null))
 }
 
+async fn delete_env(peer: &Peer, project: &str, key: &str) -> u16 {
+    let res = peer
+        .client()
+        .delete(format!("{}/api/projects/{project}/env/{key}", peer.http))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    res.status().as_u16()
+}
+
 async fn get_env(peer: &Peer, project: &str) -> (u16, Value) {
     let res = peer
         .client()
@@ -176,22 +187,8 @@ output = "out"
     }
 
     // Removal replicates; the next build no longer has the variable.
-    let res = b
-        .client()
-        .delete(format!("{}/api/projects/vault/env/API_KEY", b.http))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status().as_u16(), 204);
-    let res = b
-        .client()
-        .delete(format!("{}/api/projects/vault/env/API_KEY", b.http))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status().as_u16(), 404);
+    assert_eq!(delete_env(b, "vault", "API_KEY").await, 204);
+    assert_eq!(delete_env(b, "vault", "API_KEY").await, 404);
     wait_until(
         "the removal to reach peer a",
         Duration::from_secs(10),
@@ -202,6 +199,15 @@ output = "out"
     )
     .await
     .unwrap();
+    let again = a.deploy(repo.path(), "vault").await.unwrap();
+    let d = a.wait_final(&again, BUILD).await.unwrap();
+    let log = a.log_text(&again).await.unwrap();
+    assert_eq!(d["status"], "success", "{log}");
+    assert!(
+        log.contains("project environment: GREETING (0 secret)"),
+        "{log}"
+    );
+    assert!(log.contains("build sees and hello there"), "{log}");
 }
 
 #[tokio::test]

@@ -19,6 +19,16 @@ fn installed(tool: &str, test: &str) -> bool {
     found
 }
 
+/// Deploys `repo` as `name` on a new peer and waits for `success`;
+/// returns the peer, the deployment and its log.
+async fn deploy_ok(repo: &Repo, name: &str) -> (Peer, serde_json::Value, String) {
+    let peer = Peer::start(&[]).await.unwrap();
+    let (id, d) = peer.deploy_and_wait(repo.path(), name).await.unwrap();
+    let log = peer.log_text(&id).await.unwrap();
+    assert_eq!(d["status"], "success", "{log}");
+    (peer, d, log)
+}
+
 #[tokio::test]
 async fn hugo_builds_with_the_live_url_and_sass() {
     if !installed("hugo", "hugo_builds_with_the_live_url_and_sass") {
@@ -35,13 +45,7 @@ async fn hugo_builds_with_the_live_url_and_sass() {
         ("layouts/_default/single.html", b"<h1>{{ .Title }}</h1>{{ .Content }}\n"),
     ])
     .unwrap();
-    let peer = Peer::start(&[]).await.unwrap();
-    let (id, d) = peer
-        .deploy_and_wait(repo.path(), "hugo-site")
-        .await
-        .unwrap();
-    let log = peer.log_text(&id).await.unwrap();
-    assert_eq!(d["status"], "success", "{log}");
+    let (peer, d, log) = deploy_ok(&repo, "hugo-site").await;
     assert!(log.contains("[detect] detected Hugo"), "{log}");
     let home = peer
         .site("hugo-site", "/")
@@ -93,13 +97,7 @@ async fn jekyll_without_a_gemfile_uses_the_system_jekyll() {
         ("about.md", b"---\npermalink: /about/\n---\nAbout this Jekyll site.\n"),
     ])
     .unwrap();
-    let peer = Peer::start(&[]).await.unwrap();
-    let (id, d) = peer
-        .deploy_and_wait(repo.path(), "jekyll-site")
-        .await
-        .unwrap();
-    let log = peer.log_text(&id).await.unwrap();
-    assert_eq!(d["status"], "success", "{log}");
+    let (peer, _, log) = deploy_ok(&repo, "jekyll-site").await;
     assert!(log.contains("[build] $ jekyll build"), "{log}");
     let home = peer
         .site("jekyll-site", "/")
@@ -176,10 +174,7 @@ async fn mdbook_builds_a_book() {
         ("src/chapter_1.md", b"# Chapter 1\n\nThe first chapter.\n"),
     ])
     .unwrap();
-    let peer = Peer::start(&[]).await.unwrap();
-    let (id, d) = peer.deploy_and_wait(repo.path(), "book").await.unwrap();
-    let log = peer.log_text(&id).await.unwrap();
-    assert_eq!(d["status"], "success", "{log}");
+    let (peer, _, _) = deploy_ok(&repo, "book").await;
     let page = peer
         .site("book", "/chapter_1.html")
         .await
@@ -201,13 +196,7 @@ async fn zola_builds_with_the_live_url() {
         ("templates/index.html", b"<h1>{{ config.title }}</h1><p id=base>{{ config.base_url }}</p>{{ section.content | safe }}\n"),
     ])
     .unwrap();
-    let peer = Peer::start(&[]).await.unwrap();
-    let (id, d) = peer
-        .deploy_and_wait(repo.path(), "zola-site")
-        .await
-        .unwrap();
-    let log = peer.log_text(&id).await.unwrap();
-    assert_eq!(d["status"], "success", "{log}");
+    let (peer, d, _) = deploy_ok(&repo, "zola-site").await;
     let home = peer
         .site("zola-site", "/")
         .await

@@ -310,6 +310,14 @@ pub async fn run(
     for note in &plan.notes {
         dlog.warn(note);
     }
+    if !job.env.is_empty() {
+        let names: Vec<&str> = job.env.iter().map(|(k, _)| k.as_str()).collect();
+        dlog.info(&format!(
+            "project environment: {} ({} secret)",
+            names.join(", "),
+            log.secrets.len()
+        ));
+    }
     let corepack = tools_available(&plan, &dlog)?;
     if let Some((source, wanted)) = &plan.node_wanted {
         check_node(source, wanted, &dlog);
