@@ -390,3 +390,29 @@ async fn vite_on_every_peer() {
         "{log}"
     );
 }
+
+#[tokio::test]
+async fn vite_with_vue() {
+    let log = deploys_everywhere("vite-vue", "vue-site", &[("/", "<div id=\"app\"></div>")]).await;
+    assert!(log.contains("[detect] detected npm (Vite + Vue)"), "{log}");
+}
+
+/// Yarn berry from the `packageManager` field, through corepack, with its
+/// lockfile immutable.
+#[tokio::test]
+async fn vite_with_svelte_and_yarn_berry() {
+    let log = deploys_everywhere(
+        "vite-svelte-berry",
+        "svelte-site",
+        &[("/", "<div id=\"app\"></div>")],
+    )
+    .await;
+    assert!(
+        log.contains("[detect] detected yarn berry 4.5.3 (Vite + Svelte)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("[install] $ yarn install --immutable"),
+        "{log}"
+    );
+}
