@@ -433,3 +433,86 @@ async fn an_npm_project_installs_and_builds_with_its_scripts() {
         "{page}"
     );
 }
+
+/// A monorepo: the base directory comes from the deployment (API), else
+/// from the repository's shoal.toml; the project keeps it for its next
+/// deployments; one outside the repository is refused.
+#[tokio::test]
+async fn a_base_directory_builds_one_app_of_a_monorepo() {
+    let repo = Repo::new(&[
+        ("index.html", b"the repository's top".as_slice()),
+        ("apps/docs/index.html", b"the docs app"),
+        (
+            "apps/web/shoal.toml",
+            b"[build]\ncommand = \"mkdir -p out && echo built in $(basename $PWD) > out/index.html\"\noutput = \"out\"\n",
+        ),
+    ])
+    .unwrap();
+    let peer = Peer::start(&[]).await.unwrap();
+    let (status, body) = peer
+        .post_deployment(&json!({"repo_url": repo.path(), "name": "docs", "root_dir": "apps/docs"}))
+        .await
+        .unwrap();
+    assert_eq!(status, 202, "{body}");
+    let d = peer
+        .wait_final(body["id"].as_str().unwrap(), BUILD)
+        .await
+        .unwrap();
+    let log = peer.log_text(d["id"].as_str().unwrap()).await.unwrap();
+    assert_eq!(d["status"], "success", "{log}");
+    assert!(
+        log.contains("[detect] detected static HTML in apps/docs/"),
+        "{log}"
+    );
+    let page = peer.site("docs", "/").await.unwrap().text().await.unwrap();
+    assert_eq!(page, "the docs app");
+    // The project remembers it: a redeploy without root_dir builds the same app.
+    let project = peer.get_json("/api/projects/docs").await.unwrap();
+    assert_eq!(project["root_dir"], "apps/docs");
+    let (_, again) = peer.deploy_and_wait(repo.path(), "docs").await.unwrap();
+    assert_eq!(again["status"], "success");
+    assert_eq!(
+        peer.site("docs", "/").await.unwrap().text().await.unwrap(),
+        "the docs app"
+    );
+
+    // The base directory's own shoal.toml, its command run there.
+    let (status, body) = peer
+        .post_deployment(&json!({"repo_url": repo.path(), "name": "web", "root_dir": "apps/web"}))
+        .await
+        .unwrap();
+    assert_eq!(status, 202, "{body}");
+    let d = peer
+        .wait_final(body["id"].as_str().unwrap(), BUILD)
+        .await
+        .unwrap();
+    assert_eq!(d["status"], "success");
+    let page = peer.site("web", "/").await.unwrap().text().await.unwrap();
+    assert_eq!(page.trim(), "built in web");
+
+    // Outside the repository, or not there: refused, or a clear failure.
+    for bad in ["../etc", "/etc", "apps/../../x"] {
+        let (status, body) = peer
+            .post_deployment(&json!({"repo_url": repo.path(), "name": "bad", "root_dir": bad}))
+            .await
+            .unwrap();
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!(body["error"], "invalid_root_dir", "{body}");
+    }
+    let (status, body) = peer
+        .post_deployment(
+            &json!({"repo_url": repo.path(), "name": "missing", "root_dir": "apps/nope"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 202, "{body}");
+    let d = peer
+        .wait_final(body["id"].as_str().unwrap(), BUILD)
+        .await
+        .unwrap();
+    assert_eq!(d["status"], "buildFailed");
+    assert_eq!(
+        d["error"],
+        "the base directory apps/nope is not a directory of the repository"
+    );
+}
