@@ -54,7 +54,7 @@ pub(crate) fn build_swarm(cfg: &NetConfig) -> Result<Swarm<Behaviour>, NetError>
                 .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
             // QUIC brings its own encryption (TLS 1.3), streams and
             // congestion control, in user space: on a busy host it moves
-            // more per CPU-second than TCP + noise + yamux (see the README).
+            // more per CPU-second than TCP + noise + yamux (docs/benchmarks.md).
             let transport = if quic {
                 let mut quic = libp2p::quic::Config::new(key);
                 // A peer that died without closing (killed, or its host
