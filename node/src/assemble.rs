@@ -15,6 +15,7 @@
 use crate::site::{safe_relative, UnpackLimits};
 use p2p::blocks::{ArtifactReader, BlockStore, Manifest};
 use p2p::exchange::BlockSink;
+use p2p::locks::LockExt;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -124,7 +125,7 @@ impl Assembler {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.lock_unpoisoned()
     }
 
     fn block_at(&self, pos: u64) -> usize {

@@ -1,6 +1,7 @@
 //! The node's own Prometheus figures: deployments by status, build
 //! durations, and the block exchange's counters.
 
+use p2p::locks::LockExt;
 use std::fmt::Write;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -19,7 +20,7 @@ pub struct NodeMetrics {
 impl NodeMetrics {
     pub fn observe_build(&self, took: Duration) {
         let secs = took.as_secs_f64();
-        let mut b = self.builds.lock().unwrap_or_else(|p| p.into_inner());
+        let mut b = self.builds.lock_unpoisoned();
         for (i, le) in BUCKETS.iter().enumerate() {
             if secs <= *le {
                 b.0[i] += 1;
@@ -39,7 +40,7 @@ impl NodeMetrics {
         for (status, n) in by_status {
             let _ = writeln!(out, "shoal_deployments{{status=\"{status}\"}} {n}");
         }
-        let b = self.builds.lock().unwrap_or_else(|p| p.into_inner());
+        let b = self.builds.lock_unpoisoned();
         let _ = writeln!(
             out,
             "# HELP shoal_build_duration_seconds Wall-clock time of builds run by this peer."

@@ -11,6 +11,7 @@ use crate::election;
 use crate::state::Level;
 use crate::validate;
 use crate::worker::Shared;
+use p2p::locks::LockExt;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -124,12 +125,7 @@ impl Poller {
             {
                 continue;
             }
-            if !self
-                .running
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(project.name.clone())
-            {
+            if !self.running.lock_unpoisoned().insert(project.name.clone()) {
                 continue;
             }
             self.last.insert(project.name.clone(), Instant::now());
@@ -148,10 +144,7 @@ impl Poller {
                     debug!(project = %name, "{note}");
                 }
                 check(&backend, project, url.as_str().to_owned(), credential).await;
-                running
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&name);
+                running.lock_unpoisoned().remove(&name);
             });
         }
     }

@@ -7,6 +7,7 @@ use crate::model::{
     env_key, file_key, log_key, log_view, Delivery, DeploymentFile, DeploymentRecord, EnvVar,
     LogRecord, Project, Revoked,
 };
+use p2p::locks::LockExt;
 use p2p::{Change, Clock, Store, StoreError, Table};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -305,7 +306,7 @@ impl State {
     /// Appends a log line to a deployment, within the per-deployment cap.
     pub fn log(&self, deployment: &str, step: &str, level: Level, message: &str) {
         let count = {
-            let mut counts = self.log_counts.lock().unwrap_or_else(|p| p.into_inner());
+            let mut counts = self.log_counts.lock_unpoisoned();
             let n = counts
                 .entry(deployment.to_owned())
                 .or_insert_with(|| self.logs.count_prefix(format!("{deployment}/").as_bytes()));

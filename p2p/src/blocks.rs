@@ -15,6 +15,7 @@
 //! verified whenever they are read for use. Nothing here holds more than
 //! one block of an artifact in memory.
 
+use crate::locks::RwLockExt;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use sha2::{Digest, Sha256};
@@ -352,7 +353,7 @@ impl BlockStore {
     /// Cuts the file at `path` into blocks and stores them with their
     /// manifest, streaming. Returns the manifest and its id.
     pub fn import(&self, path: &Path) -> Result<(Hash, Manifest), BlockError> {
-        let _importing = self.imports.read().unwrap_or_else(|p| p.into_inner());
+        let _importing = self.imports.read_unpoisoned();
         let imported = self.import_blocks(path);
         if imported.is_err() {
             self.sweep_due.store(true, Ordering::Relaxed);

@@ -27,6 +27,7 @@
 //! needs first (the tail of a zip, say).
 
 use crate::blocks::{self, BlockError, BlockStore, Hash, Manifest};
+use crate::locks::LockExt;
 use crate::picker::{Ask, Picker};
 use futures_util::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures_util::StreamExt;
@@ -323,20 +324,20 @@ impl Held {
     }
 
     fn sends(&self) -> std::sync::MutexGuard<'_, Sends> {
-        self.sends.lock().unwrap_or_else(|p| p.into_inner())
+        self.sends.lock_unpoisoned()
     }
 
     fn bits(&self) -> Vec<u8> {
-        self.bits.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.bits.lock_unpoisoned().clone()
     }
 
     pub fn has(&self, i: usize) -> bool {
-        bit(&self.bits.lock().unwrap_or_else(|p| p.into_inner()), i)
+        bit(&self.bits.lock_unpoisoned(), i)
     }
 
     fn mark(&self, i: usize, present: bool) {
         {
-            let mut bits = self.bits.lock().unwrap_or_else(|p| p.into_inner());
+            let mut bits = self.bits.lock_unpoisoned();
             if bit(&bits, i) == present {
                 return;
             }
@@ -404,7 +405,7 @@ impl Limiter {
             return;
         }
         let wait = {
-            let mut next = self.next_free.lock().unwrap_or_else(|p| p.into_inner());
+            let mut next = self.next_free.lock_unpoisoned();
             let now = Instant::now();
             let start = (*next).max(now);
             *next = start + Duration::from_secs_f64(n as f64 / self.bytes_per_sec as f64);
@@ -476,11 +477,11 @@ impl Providers {
             let (client, key, found) = (client.clone(), id.to_vec(), self.found.clone());
             tokio::spawn(async move {
                 if let Ok(list) = client.providers(key).await {
-                    *found.lock().unwrap_or_else(|p| p.into_inner()) = list;
+                    *found.lock_unpoisoned() = list;
                 }
             });
         }
-        self.found.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.found.lock_unpoisoned().clone()
     }
 }
 
@@ -518,7 +519,7 @@ impl Exchange {
 
     /// The artifact `id`, if this peer has its manifest (loaded on first use).
     pub fn held(&self, id: &Hash) -> Option<Arc<Held>> {
-        if let Some(h) = self.held.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
+        if let Some(h) = self.held.lock_unpoisoned().get(id) {
             return Some(h.clone());
         }
         let manifest = self.store.manifest(id).ok()??;
@@ -527,16 +528,13 @@ impl Exchange {
 
     fn insert(&self, id: &Hash, manifest: Manifest) -> Option<Arc<Held>> {
         let held = Arc::new(Held::new(manifest, &self.store));
-        let mut map = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.held.lock_unpoisoned();
         Some(map.entry(*id).or_insert(held).clone())
     }
 
     /// Stops serving `id` (its blocks are being collected).
     pub fn forget(&self, id: &Hash) {
-        self.held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
+        self.held.lock_unpoisoned().remove(id);
     }
 
     /// Notes that block `i` of `id` went missing here (found corrupt).
@@ -547,7 +545,7 @@ impl Exchange {
     }
 
     fn is_banned(&self, peer: &PeerId) -> bool {
-        let mut banned = self.banned.lock().unwrap_or_else(|p| p.into_inner());
+        let mut banned = self.banned.lock_unpoisoned();
         banned.retain(|_, until| *until > Instant::now());
         banned.contains_key(peer)
     }
@@ -555,8 +553,7 @@ impl Exchange {
     fn ban(&self, peer: PeerId) {
         warn!(%peer, secs = BAN.as_secs(), "peer sent a corrupt block; ignoring it for a while");
         self.banned
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .lock_unpoisoned()
             .insert(peer, Instant::now() + BAN);
     }
 
@@ -624,7 +621,7 @@ impl Exchange {
             let queue = queue.clone();
             async move {
                 let result = read_wants(&mut rd, &queue, n).await;
-                queue.0.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
+                queue.0.lock_unpoisoned().closed = true;
                 queue.1.notify_one();
                 result
             }
@@ -673,7 +670,7 @@ impl Exchange {
                 // machine), and sent one frame each.
                 if ready.is_empty() {
                     let batch: Vec<u32> = {
-                        let mut q = queue.0.lock().unwrap_or_else(|p| p.into_inner());
+                        let mut q = queue.0.lock_unpoisoned();
                         if q.closed {
                             return Ok::<(), ExchangeError>(());
                         }
@@ -730,7 +727,7 @@ impl Exchange {
                     continue;
                 };
                 let cancelled = {
-                    let mut q = queue.0.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut q = queue.0.lock_unpoisoned();
                     q.taken.remove(&index);
                     q.cancelled.remove(&index)
                 };
@@ -940,7 +937,7 @@ async fn read_wants<R: AsyncRead + Unpin>(
             Err(e) => return Err(e),
         };
         {
-            let mut q = queue.0.lock().unwrap_or_else(|p| p.into_inner());
+            let mut q = queue.0.lock_unpoisoned();
             match frame {
                 Frame::Want { blocks } => {
                     if blocks.len() > MAX_LIST

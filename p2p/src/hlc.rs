@@ -2,6 +2,7 @@
 //! timestamps from different peers are totally ordered, never go backwards on
 //! one peer, and stay close to real time.
 
+use crate::locks::LockExt;
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -49,7 +50,7 @@ impl Clock {
 
     /// A fresh reading, strictly greater than every earlier one.
     pub fn now(&self) -> Hlc {
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = self.last.lock_unpoisoned();
         let wall = wall_ms();
         let next = if wall > last.wall_ms {
             Hlc {
@@ -68,7 +69,7 @@ impl Clock {
 
     /// Takes note of a remote reading so that later local readings order after it.
     pub fn observe(&self, remote: Hlc) {
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = self.last.lock_unpoisoned();
         if remote > *last {
             *last = remote;
         }

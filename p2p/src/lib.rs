@@ -11,6 +11,7 @@ pub mod blocks;
 pub mod digest;
 pub mod exchange;
 pub mod hlc;
+pub mod locks;
 pub mod members;
 pub mod mesh;
 pub mod net;

@@ -6,6 +6,7 @@
 //! table, written by that peer only, so peers that are down still show.
 
 use crate::hlc::{Clock, Hlc};
+use crate::locks::RwLockExt;
 use crate::store::{Merge, StoreError, Table};
 use crate::wire::{Heartbeat, VERSION};
 use serde::{Deserialize, Serialize};
@@ -149,7 +150,7 @@ impl Members {
             return;
         }
         let wall_ms = self.clock.now().wall_ms;
-        let mut seen = self.seen.write().unwrap_or_else(|p| p.into_inner());
+        let mut seen = self.seen.write_unpoisoned();
         // A beat from a slower path (gossip) does not replace a live one
         // from a faster path (direct): it would stretch the lease.
         if let Some(old) = seen.get(&peer) {
@@ -182,10 +183,7 @@ impl Members {
 
     /// Forgets a peer at once (it said goodbye).
     pub fn forget(&self, peer: &str) {
-        self.seen
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(peer);
+        self.seen.write_unpoisoned().remove(peer);
     }
 
     fn alive(&self, s: &Seen) -> bool {
@@ -200,8 +198,7 @@ impl Members {
     pub fn alive_count(&self) -> usize {
         1 + self
             .seen
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .read_unpoisoned()
             .values()
             .filter(|s| self.alive(s))
             .count()
@@ -271,7 +268,7 @@ impl Members {
             alive: true,
             is_self: true,
         }];
-        let seen = self.seen.read().unwrap_or_else(|p| p.into_inner());
+        let seen = self.seen.read_unpoisoned();
         let mut others: Vec<PeerView> = seen
             .iter()
             .map(|(id, s)| {

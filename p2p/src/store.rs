@@ -10,6 +10,7 @@
 //! the node's live events).
 
 use crate::digest::{bucket_of, row_hash, Hash, TableDigest};
+use crate::locks::{LockExt, RwLockExt};
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::HashMap;
 use std::marker::PhantomData;
@@ -135,28 +136,20 @@ impl Store {
             listeners: self.shared.listeners.clone(),
             _row: PhantomData,
         };
-        self.shared
-            .tables
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                name.to_owned(),
-                Entry {
-                    tree,
-                    raw: Arc::new(table.clone()),
-                    digest: table.digest.clone(),
-                },
-            );
+        self.shared.tables.write_unpoisoned().insert(
+            name.to_owned(),
+            Entry {
+                tree,
+                raw: Arc::new(table.clone()),
+                digest: table.digest.clone(),
+            },
+        );
         Ok(table)
     }
 
     /// Registers a listener for every change to every table.
     pub fn listen(&self, listener: Listener) {
-        self.shared
-            .listeners
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(listener);
+        self.shared.listeners.write_unpoisoned().push(listener);
     }
 
     /// Makes every write so far durable, blocking the caller until it is.
@@ -176,8 +169,7 @@ impl Store {
         let mut names: Vec<_> = self
             .shared
             .tables
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .read_unpoisoned()
             .keys()
             .cloned()
             .collect();
@@ -188,8 +180,7 @@ impl Store {
     fn entry(&self, table: &str) -> Result<Entry, StoreError> {
         self.shared
             .tables
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .read_unpoisoned()
             .get(table)
             .cloned()
             .ok_or_else(|| StoreError::NoSuchTable(table.to_owned()))
@@ -204,12 +195,7 @@ impl Store {
     }
 
     pub fn digest(&self, table: &str) -> Result<TableDigest, StoreError> {
-        Ok(self
-            .entry(table)?
-            .digest
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone())
+        Ok(self.entry(table)?.digest.lock_unpoisoned().clone())
     }
 
     /// `(key, row hash)` of the rows in `buckets`, in key order, starting
@@ -336,8 +322,7 @@ impl<T: Serialize + DeserializeOwned + Merge + Clone + Send + Sync + 'static> Ta
             }
             let old = current.map(|c| c.to_vec());
             self.digest
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
+                .lock_unpoisoned()
                 .update(key, old.as_deref(), Some(&encoded));
             let change = Change {
                 table: self.name.clone(),
@@ -346,12 +331,7 @@ impl<T: Serialize + DeserializeOwned + Merge + Clone + Send + Sync + 'static> Ta
                 new: encoded,
                 origin,
             };
-            for listener in self
-                .listeners
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-            {
+            for listener in self.listeners.read_unpoisoned().iter() {
                 listener(&change);
             }
             return Ok((merged, true));

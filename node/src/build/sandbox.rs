@@ -11,6 +11,7 @@ use super::confine::{self, Confinement, Policy};
 use super::detect::Cmd;
 use super::Logger;
 use crate::state::Level;
+use p2p::locks::LockExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Instant;
@@ -406,7 +407,7 @@ pub async fn run(
             Some(code) => format!("status {code}"),
             None => "a signal".into(),
         };
-        let tail = std::mem::take(&mut *tail.lock().unwrap_or_else(|p| p.into_inner()));
+        let tail = std::mem::take(&mut *tail.lock_unpoisoned());
         Err(SandboxError::Failed {
             cmd: display,
             status,
@@ -531,7 +532,7 @@ fn emit(log: &Logger, level: Level, raw: &[u8], tail: &Tail) {
     let text = String::from_utf8_lossy(raw);
     let text = log.mask(text.trim_end_matches(['\n', '\r']));
     log.line(level, &text);
-    let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
+    let mut tail = tail.lock_unpoisoned();
     if tail.len() == TAIL_LINES {
         tail.pop_front();
     }
