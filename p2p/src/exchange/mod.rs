@@ -26,23 +26,26 @@
 //! [`BlockSink`] sees every block as it lands and may name a few blocks it
 //! needs first (the tail of a zip, say).
 
+mod frame;
+mod held;
+
 use crate::blocks::{self, BlockError, BlockStore, Hash, Manifest};
 use crate::locks::LockExt;
 use crate::picker::{Ask, Picker};
-use futures_util::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use frame::{bit, clear_bit, read_frame, set_bit, write_frame, Frame, VERSION};
+use futures_util::io::{AsyncRead, AsyncReadExt};
 use futures_util::StreamExt;
+pub use held::Held;
 use libp2p::{PeerId, StreamProtocol};
-use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, info, trace, warn};
 
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/blocks/1");
-const VERSION: u8 = 1;
 /// Largest frame other than a manifest: one block plus framing.
 const MAX_FRAME: usize = blocks::MAX_CHUNK as usize + 4096;
 /// Most block indices in one `Want`, `Cancel` or `HaveMore` frame.
@@ -68,8 +71,6 @@ const STALL: Duration = Duration::from_secs(4);
 const BAN: Duration = Duration::from_secs(300);
 /// Bound on opening a stream and on its first answer.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
-/// Bound on writing one frame (a reader that stops reading is dropped).
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A server stream with nothing asked for this long is closed.
 const IDLE: Duration = Duration::from_secs(120);
 /// Blocks received on one stream and waiting to be checked and stored.
@@ -110,49 +111,6 @@ const HOLD: Duration = Duration::from_secs(2);
 /// How long an asker leaves a block alone at a source that said `Later`.
 const LATER: Duration = Duration::from_millis(500);
 
-#[derive(Debug, Serialize, Deserialize)]
-enum Frame {
-    Open {
-        v: u8,
-        artifact: ByteBuf,
-        manifest: bool,
-        /// The asker understands [`Frame::Later`] (a server that predates
-        /// it ignores the field, and one that knows it never sends it to an
-        /// asker that does not set it).
-        #[serde(default)]
-        later: bool,
-    },
-    Manifest {
-        bytes: ByteBuf,
-    },
-    Unknown,
-    Have {
-        bits: ByteBuf,
-    },
-    HaveMore {
-        blocks: Vec<u32>,
-    },
-    Want {
-        blocks: Vec<u32>,
-    },
-    Cancel {
-        blocks: Vec<u32>,
-    },
-    Block {
-        index: u32,
-        data: ByteBuf,
-    },
-    DontHave {
-        index: u32,
-    },
-    /// The block went out from here a moment ago as its first copy, and
-    /// blocks no one was sent yet are waiting: ask its new holder, or ask
-    /// again later (see [`HOLD`]).
-    Later {
-        index: u32,
-    },
-}
-
 /// Takes each block of a fetch as soon as it is checked and stored (to
 /// unpack while fetching, say). Called on a blocking thread, possibly from
 /// several at once, and possibly twice for one block.
@@ -177,203 +135,6 @@ pub enum ExchangeError {
     Store(#[from] BlockError),
     #[error("the network has stopped")]
     Shutdown,
-}
-
-async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &Frame) -> Result<(), ExchangeError> {
-    // Encode behind a length placeholder: one buffer, sized beforehand, and
-    // one copy of a block.
-    let payload = match frame {
-        Frame::Block { data, .. } => data.len(),
-        Frame::Manifest { bytes } => bytes.len(),
-        Frame::Have { bits } => bits.len(),
-        _ => 0,
-    };
-    let mut buf = Vec::with_capacity(payload + 64);
-    buf.extend_from_slice(&[0u8; 4]);
-    let mut buf =
-        cbor4ii::serde::to_vec(buf, frame).map_err(|e| ExchangeError::Protocol(e.to_string()))?;
-    let len = u32::try_from(buf.len() - 4)
-        .map_err(|_| ExchangeError::Protocol("frame too large".into()))?;
-    buf[..4].copy_from_slice(&len.to_be_bytes());
-    tokio::time::timeout(WRITE_TIMEOUT, async {
-        w.write_all(&buf).await?;
-        w.flush().await
-    })
-    .await
-    .map_err(|_| ExchangeError::Timeout)??;
-    Ok(())
-}
-
-async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, limit: usize) -> Result<Frame, ExchangeError> {
-    let mut len = [0u8; 4];
-    r.read_exact(&mut len).await?;
-    let n = u32::from_be_bytes(len) as usize;
-    if n > limit {
-        return Err(ExchangeError::Protocol(format!(
-            "frame of {n} bytes over the {limit}-byte limit"
-        )));
-    }
-    // Read into exactly n bytes: `read_to_end` would grow a full buffer
-    // once more to look for the end (a copy and a fill of a block's size).
-    let mut body = vec![0u8; n];
-    r.read_exact(&mut body).await?;
-    cbor4ii::serde::from_slice(&body).map_err(|e| ExchangeError::Protocol(e.to_string()))
-}
-
-fn bit(bits: &[u8], i: usize) -> bool {
-    bits.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0)
-}
-
-fn set_bit(bits: &mut [u8], i: usize) {
-    if let Some(b) = bits.get_mut(i / 8) {
-        *b |= 1 << (i % 8);
-    }
-}
-
-fn clear_bit(bits: &mut [u8], i: usize) {
-    if let Some(b) = bits.get_mut(i / 8) {
-        *b &= !(1 << (i % 8));
-    }
-}
-
-/// An artifact this peer can serve (wholly or in part).
-pub struct Held {
-    pub manifest: Arc<Manifest>,
-    bits: Mutex<Vec<u8>>,
-    count: AtomicUsize,
-    /// Bumped whenever a block arrives.
-    changed: watch::Sender<u64>,
-    sends: Mutex<Sends>,
-}
-
-/// Which blocks held here no one was sent yet, and which went out lately
-/// as first copies (see [`HOLD`]).
-struct Sends {
-    /// Blocks that were here without being fetched (a local build, or the
-    /// store at start) and have not been sent since.
-    unsent: Vec<u8>,
-    unsent_count: usize,
-    /// First copies sent within [`HOLD`], oldest first, and the same as a set.
-    recent: VecDeque<(Instant, u32)>,
-    recent_set: HashSet<u32>,
-}
-
-impl Sends {
-    /// `unsent` blocks (a bitmap) of which `unsent_count` are set.
-    fn new(unsent: Vec<u8>, unsent_count: usize) -> Self {
-        Self {
-            unsent,
-            unsent_count,
-            recent: VecDeque::new(),
-            recent_set: HashSet::new(),
-        }
-    }
-
-    fn fresh(&mut self, i: usize) {
-        if !bit(&self.unsent, i) {
-            set_bit(&mut self.unsent, i);
-            self.unsent_count += 1;
-        }
-    }
-
-    fn gone(&mut self, i: usize) {
-        if bit(&self.unsent, i) {
-            clear_bit(&mut self.unsent, i);
-            self.unsent_count -= 1;
-        }
-    }
-
-    /// Whether block `i` may go out now: a first copy always does (and is
-    /// remembered); a second one of a first copy sent within [`HOLD`] waits
-    /// while blocks no one was sent yet remain.
-    fn may_send(&mut self, i: u32, now: Instant) -> bool {
-        while let Some((t, b)) = self.recent.front().copied() {
-            if now.duration_since(t) < HOLD {
-                break;
-            }
-            self.recent.pop_front();
-            self.recent_set.remove(&b);
-        }
-        if bit(&self.unsent, i as usize) {
-            self.gone(i as usize);
-            self.recent.push_back((now, i));
-            self.recent_set.insert(i);
-            return true;
-        }
-        self.unsent_count == 0 || !self.recent_set.contains(&i)
-    }
-}
-
-impl Held {
-    fn new(manifest: Manifest, store: &BlockStore) -> Self {
-        let mut bits = vec![0u8; manifest.len().div_ceil(8)];
-        let mut count = 0;
-        for i in 0..manifest.len() {
-            if store.has(&manifest.hash(i)) {
-                set_bit(&mut bits, i);
-                count += 1;
-            }
-        }
-        Self {
-            manifest: Arc::new(manifest),
-            sends: Mutex::new(Sends::new(bits.clone(), count)),
-            bits: Mutex::new(bits),
-            count: AtomicUsize::new(count),
-            changed: watch::channel(0).0,
-        }
-    }
-
-    fn sends(&self) -> std::sync::MutexGuard<'_, Sends> {
-        self.sends.lock_unpoisoned()
-    }
-
-    fn bits(&self) -> Vec<u8> {
-        self.bits.lock_unpoisoned().clone()
-    }
-
-    pub fn has(&self, i: usize) -> bool {
-        bit(&self.bits.lock_unpoisoned(), i)
-    }
-
-    fn mark(&self, i: usize, present: bool) {
-        {
-            let mut bits = self.bits.lock_unpoisoned();
-            if bit(&bits, i) == present {
-                return;
-            }
-            if present {
-                set_bit(&mut bits, i);
-                self.count.fetch_add(1, Ordering::Relaxed);
-            } else {
-                clear_bit(&mut bits, i);
-                self.count.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
-        if !present {
-            self.sends().gone(i);
-        }
-        self.changed.send_modify(|n| *n += 1);
-    }
-
-    /// Marks the blocks that reached the store by another way (a local
-    /// build imported them) as held.
-    fn refresh(&self, store: &BlockStore) {
-        for i in 0..self.manifest.len() {
-            if !self.has(i) && store.has(&self.manifest.hash(i)) {
-                self.sends().fresh(i);
-                self.mark(i, true);
-            }
-        }
-    }
-
-    /// Blocks held.
-    pub fn count(&self) -> usize {
-        self.count.load(Ordering::Relaxed)
-    }
-
-    pub fn complete(&self) -> bool {
-        self.count() == self.manifest.len()
-    }
 }
 
 /// Counters for `/metrics`.
@@ -1988,69 +1749,6 @@ mod tests {
         }
         // A fetcher alone with the seed has it all.
         assert_eq!(share(&fetchers[0], [seed].iter(), &seed), (0, 1));
-    }
-
-    #[test]
-    fn a_first_copy_goes_before_a_second_one_for_a_while() {
-        let ms = Duration::from_millis;
-        let mut sends = Sends::new(vec![0b0000_0111], 3);
-        let t0 = Instant::now();
-        // First copies go; a second one waits while blocks 1 and 2 do.
-        assert!(sends.may_send(0, t0));
-        assert!(!sends.may_send(0, t0 + ms(100)));
-        // A block that arrived by fetch is held elsewhere: it always goes.
-        assert!(sends.may_send(5, t0 + ms(100)));
-        assert!(sends.may_send(5, t0 + ms(100)));
-        // Not for longer than HOLD.
-        assert!(sends.may_send(0, t0 + HOLD));
-        assert!(sends.may_send(1, t0 + HOLD));
-        assert!(!sends.may_send(1, t0 + HOLD + ms(1)));
-        // Once every first copy went, nothing waits.
-        assert!(sends.may_send(2, t0 + HOLD + ms(2)));
-        assert!(sends.may_send(1, t0 + HOLD + ms(3)));
-        assert!(sends.may_send(2, t0 + HOLD + ms(3)));
-        // A block lost here is no longer waited for.
-        let mut sends = Sends::new(vec![0b0000_0011], 2);
-        assert!(sends.may_send(0, t0));
-        sends.gone(1);
-        assert!(sends.may_send(0, t0 + ms(1)));
-    }
-
-    #[test]
-    fn bits_round_trip() {
-        let mut b = vec![0u8; 2];
-        set_bit(&mut b, 3);
-        set_bit(&mut b, 9);
-        assert!(bit(&b, 3) && bit(&b, 9) && !bit(&b, 4));
-        clear_bit(&mut b, 3);
-        assert!(!bit(&b, 3));
-        assert!(!bit(&b, 100), "out of range reads as absent");
-        set_bit(&mut b, 100); // out of range writes are ignored
-    }
-
-    #[tokio::test]
-    async fn frames_round_trip_and_oversize_is_refused() {
-        let mut buf = Vec::new();
-        write_frame(
-            &mut buf,
-            &Frame::Want {
-                blocks: vec![1, 2, 3],
-            },
-        )
-        .await
-        .unwrap();
-        let mut r = futures_util::io::Cursor::new(buf.clone());
-        assert!(matches!(
-            read_frame(&mut r, 1024).await.unwrap(),
-            Frame::Want { blocks } if blocks == vec![1, 2, 3]
-        ));
-        let mut r = futures_util::io::Cursor::new(buf);
-        assert!(matches!(
-            read_frame(&mut r, 3).await,
-            Err(ExchangeError::Protocol(_))
-        ));
-        let mut garbage = futures_util::io::Cursor::new(vec![0, 0, 0, 2, 0xff, 0xff]);
-        assert!(read_frame(&mut garbage, 1024).await.is_err());
     }
 
     #[tokio::test]
