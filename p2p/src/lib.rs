@@ -10,6 +10,7 @@
 //!   content-addressed blocks with a manifest, kept in a block store on
 //!   disk, and fetched bitswap-style from every peer that has some of them,
 //!   each block checked against its hash as it lands.
+
 pub mod beats;
 mod behaviour;
 pub mod blocks;
