@@ -14,7 +14,8 @@ use tracing::{info, warn};
 use web::Status;
 
 /// How long a fresh claim waits for competing claims before building:
-/// well above gossip latency (p99 about 10 ms at 10 peers, 50 ms at 50).
+/// well above gossip latency (`scripts/bench/mesh.sh propagation` measures
+/// it).
 const CONFIRM: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Whether this peer holds the claim of `epoch` on deployment `id`.

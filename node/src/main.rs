@@ -1,10 +1,10 @@
 //! `shoal`: run a peer (`shoal node`) or talk to one (`deploy`, `status`, `logs`).
 
+mod args;
 mod assemble;
 mod backend;
 mod build;
-mod cli;
-mod config;
+mod client;
 mod distribute;
 mod election;
 mod job;
@@ -19,8 +19,8 @@ mod state;
 mod validate;
 mod worker;
 
+use args::{Cli, Command};
 use clap::Parser;
-use config::{Cli, Command};
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
@@ -42,16 +42,16 @@ async fn main() -> std::process::ExitCode {
             init_tracing();
             peer::run(*cfg).await
         }
-        Command::Deploy(args) => cli::deploy(args).await,
-        Command::Status(args) => cli::status(args).await,
-        Command::Logs(args) => cli::logs(args).await,
-        Command::Cancel(args) => cli::cancel(args).await,
-        Command::Rollback(args) => cli::set_current(args, "rollback").await,
-        Command::Promote(args) => cli::set_current(args, "promote").await,
-        Command::Peers(args) => cli::peers(args).await,
-        Command::Login(args) => cli::login(args).await,
-        Command::Logout(args) => cli::logout(args).await,
-        Command::Env(args) => cli::env(args).await,
+        Command::Deploy(args) => client::deploy(args).await,
+        Command::Status(args) => client::status(args).await,
+        Command::Logs(args) => client::logs(args).await,
+        Command::Cancel(args) => client::cancel(args).await,
+        Command::Rollback(args) => client::set_current(args, "rollback").await,
+        Command::Promote(args) => client::set_current(args, "promote").await,
+        Command::Peers(args) => client::peers(args).await,
+        Command::Login(args) => client::login(args).await,
+        Command::Logout(args) => client::logout(args).await,
+        Command::Env(args) => client::env(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,10 +1,10 @@
 //! Running a peer: open the data directory, start the build worker and the
 //! two HTTP listeners, and shut all of it down cleanly on SIGINT/SIGTERM.
 
+use crate::args::NodeConfig;
 use crate::backend::NodeBackend;
 use crate::build::sandbox::Isolation;
 use crate::build::BuildSettings;
-use crate::config::NodeConfig;
 use crate::metrics::NodeMetrics;
 use crate::site::Sites;
 use crate::state::State;

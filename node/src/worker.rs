@@ -29,8 +29,8 @@ use web::Status;
 /// How often the worker looks for work and renews its leases.
 const TICK: Duration = Duration::from_millis(500);
 /// How long a new deployment settles before its builder claims it: longer
-/// than gossip takes to reach every peer (p99 about 10 ms at 10 peers and
-/// 100 ms at 50 on loopback, see scripts/bench/mesh.sh).
+/// than gossip takes to reach every peer (`scripts/bench/mesh.sh
+/// propagation` measures that).
 const SETTLE: Duration = Duration::from_millis(250);
 /// Extra wait of each further successor, so they do not stampede.
 const SUCCESSOR_STAGGER: Duration = Duration::from_secs(2);

@@ -1,6 +1,6 @@
 //! The client commands: talk to any peer's API like a user would.
 
-use crate::config::{
+use crate::args::{
     ClientArgs, DeployArgs, EnvAction, EnvArgs, IdArgs, LogsArgs, PeersArgs, SetCurrentArgs,
     StatusArgs,
 };
