@@ -77,19 +77,19 @@ pub async fn build_and_publish(
         return;
     }
     let started = Instant::now();
+    let refuse = |step: &'static str, reason: &str| {
+        fail(
+            state,
+            &rec.id,
+            epoch,
+            Status::BuildFailed,
+            reason,
+            &log.step(step),
+        );
+    };
     let url = match validate::repo_url(&rec.repo_url, shared.settings.allow_local) {
         Ok(u) => u,
-        Err(e) => {
-            fail(
-                state,
-                &rec.id,
-                epoch,
-                Status::BuildFailed,
-                &e.to_string(),
-                &log.step("clone"),
-            );
-            return;
-        }
+        Err(e) => return refuse("clone", &e.to_string()),
     };
     let workdir = shared.builds_dir.join(&rec.id);
     let (credential, note) = shared.clone_credential(&rec.name, &rec.repo_url).await;
@@ -99,17 +99,7 @@ pub async fn build_and_publish(
     let crate::project_env::BuildEnv { vars: env, secrets } =
         match crate::project_env::for_build(state, &shared.keys, &rec.name) {
             Ok(found) => found,
-            Err(e) => {
-                fail(
-                    state,
-                    &rec.id,
-                    epoch,
-                    Status::BuildFailed,
-                    &e.to_string(),
-                    &log.step("detect"),
-                );
-                return;
-            }
+            Err(e) => return refuse("detect", &e.to_string()),
         };
     let log = log.masking(secrets);
     let generation = state
