@@ -13,10 +13,10 @@
 
 use crate::assemble::Assembler;
 use crate::build::Logger;
+use crate::context::Shared;
 use crate::model::{DeploymentFile, DeploymentRecord, Project, ReplicaState};
 use crate::site::UnpackLimits;
 use crate::state::Level;
-use crate::worker::Shared;
 use p2p::blocks::{self, Hash};
 use p2p::exchange::{Candidate, Candidates, Exchange, Progress};
 use p2p::members::PeerView;

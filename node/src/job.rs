@@ -4,10 +4,10 @@
 //! claim changes nothing.
 
 use crate::build::{self, BuildError, Job, Logger};
+use crate::context::Shared;
 use crate::model::DeploymentRecord;
 use crate::state::{Level, State};
 use crate::validate;
-use crate::worker::Shared;
 use std::time::Instant;
 use tokio::sync::watch;
 use tracing::{info, warn};

@@ -5,6 +5,7 @@ mod assemble;
 mod backend;
 mod build;
 mod client;
+mod context;
 mod distribute;
 mod election;
 mod job;

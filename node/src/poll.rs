@@ -7,10 +7,10 @@
 
 use crate::backend::NodeBackend;
 use crate::build::clone::Credential;
+use crate::context::Shared;
 use crate::election;
 use crate::state::Level;
 use crate::validate;
-use crate::worker::Shared;
 use p2p::locks::LockExt;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -7,18 +7,15 @@
 //! the next peers by rank claim in turn, each waiting a little longer.
 //! What happens to one claimed deployment is in `job`.
 
-use crate::build::{BuildSettings, Logger};
+use crate::build::Logger;
+use crate::context::Shared;
 use crate::election::{self, Candidate};
 use crate::job::{build_and_publish, fenced};
 use crate::load::BUILD;
-use crate::metrics::NodeMetrics;
 use crate::model::DeploymentRecord;
-use crate::site::Sites;
-use crate::state::{Level, State};
-use p2p::members::{LocalInfo, Members, PeerView};
+use crate::state::Level;
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -35,120 +32,9 @@ const SETTLE: Duration = Duration::from_millis(250);
 /// Extra wait of each further successor, so they do not stampede.
 const SUCCESSOR_STAGGER: Duration = Duration::from_secs(2);
 
-/// Everything a build task needs, shared.
 /// How long a draining peer waits, after saying it has no free build slots,
 /// before giving its builds back.
 const HANDOVER_NOTICE: Duration = Duration::from_millis(300);
-
-pub struct Shared {
-    pub state: Arc<State>,
-    pub settings: BuildSettings,
-    pub sites: Sites,
-    pub metrics: Arc<NodeMetrics>,
-    pub builds_dir: PathBuf,
-    /// Build caches, per project.
-    pub caches: crate::build::cache::Caches,
-    /// Built artifacts, as blocks (shared with the block exchange).
-    pub blocks: Arc<p2p::blocks::BlockStore>,
-    pub members: Arc<Members>,
-    pub info: watch::Receiver<LocalInfo>,
-    /// Builds running on this peer (part of its load).
-    pub active_builds: Arc<AtomicUsize>,
-    /// How long a claim holds without renewal (`--lease`).
-    pub lease: Duration,
-    /// The mesh's keys, to open tokens sealed into projects.
-    pub keys: Arc<web::session::Keys>,
-    /// The GitHub App private repositories are cloned as, if configured.
-    pub github_app: Option<Arc<web::github::GitHubApp>>,
-}
-
-impl Shared {
-    /// The token to clone project `name`'s repository with: a fresh
-    /// read-only installation token of the GitHub App where it is
-    /// installed, else the token sealed into the project when a signed-in
-    /// user deployed it, else none. The note, if any, is for the log.
-    pub async fn clone_credential(
-        &self,
-        name: &str,
-        repo_url: &str,
-    ) -> (Option<crate::build::clone::Credential>, Option<String>) {
-        let mut notes = Vec::new();
-        match self.app_credential(repo_url).await {
-            Ok(Some(cred)) => {
-                let note = "cloning with a read-only token of the GitHub App".to_owned();
-                return (Some(cred), Some(note));
-            }
-            Ok(None) => {}
-            Err(err) => notes.push(format!(
-                "no GitHub App token ({err}); trying the deployer's"
-            )),
-        }
-        let cred = self.repo_credential(name, repo_url).unwrap_or_else(|why| {
-            notes.push(why);
-            None
-        });
-        (cred, (!notes.is_empty()).then(|| notes.join("; ")))
-    }
-
-    /// A fresh installation token of the GitHub App for `repo_url`, if the
-    /// app is configured and installed there.
-    async fn app_credential(
-        &self,
-        repo_url: &str,
-    ) -> Result<Option<crate::build::clone::Credential>, web::github::GitHubError> {
-        let (Some(app), Some(origin)) = (&self.github_app, web::github::origin(repo_url)) else {
-            return Ok(None);
-        };
-        let Some((owner, repo)) = web::github::owner_repo(repo_url, &app.web_url) else {
-            return Ok(None);
-        };
-        Ok(app
-            .repo_token(&owner, &repo)
-            .await?
-            .map(|token| crate::build::clone::Credential { origin, token }))
-    }
-
-    /// The token sealed into project `name` for its repository, if any; an
-    /// error (to log) if this peer cannot open it.
-    fn repo_credential(
-        &self,
-        name: &str,
-        repo_url: &str,
-    ) -> Result<Option<crate::build::clone::Credential>, String> {
-        let Some(sealed) = self
-            .state
-            .project(name)
-            .ok()
-            .flatten()
-            .and_then(|p| p.credential)
-        else {
-            return Ok(None);
-        };
-        let Some(origin) = web::github::origin(repo_url) else {
-            return Ok(None);
-        };
-        self.keys
-            .open(web::session::Purpose::RepoToken, &sealed.sealed)
-            .and_then(|t| String::from_utf8(t).ok())
-            .map(|token| Some(crate::build::clone::Credential { origin, token }))
-            .ok_or_else(|| {
-                format!(
-                    "peer {} cannot open the repository token of GitHub user {} (its mesh secret differs); trying without it",
-                    self.state.peer, sealed.login
-                )
-            })
-    }
-
-    /// The live peers of the mesh as this peer sees them, itself included.
-    pub fn live_peers(&self) -> Vec<PeerView> {
-        let info = self.info.borrow().clone();
-        self.members
-            .view(&info, &[])
-            .into_iter()
-            .filter(|p| p.alive)
-            .collect()
-    }
-}
 
 /// A build this peer is running.
 struct Active {
