@@ -3,7 +3,7 @@
 //! header is here gets its file, and each block's bytes are written into
 //! place as the block lands, so little is left to do when the last block
 //! arrives. Deflated entries, and whatever could not be placed, are left to
-//! the final pass ([`crate::site::unpack`]), which takes the placed
+//! the final pass ([`crate::unpack::unpack`]), which takes the placed
 //! entries as done.
 //!
 //! The final pass's checks (zip slip, file types, duplicates, total size,
@@ -12,11 +12,11 @@
 //! reports what is wrong. Blocks are written as they were checked on
 //! arrival, so a placed file's bytes are exactly the artifact's.
 
-use crate::site::{safe_relative, UnpackLimits};
+use crate::unpack::{safe_relative, Done, UnpackLimits};
 use p2p::blocks::{ArtifactReader, BlockStore, Manifest};
 use p2p::exchange::BlockSink;
 use p2p::locks::LockExt;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
@@ -75,12 +75,6 @@ struct Inner {
     total: u64,
     /// The last file written to, by its entry's data start.
     open: Option<(u64, File)>,
-}
-
-/// The entries placed in full: zip index → size. The final pass skips them.
-#[derive(Debug, Default)]
-pub struct Done {
-    pub entries: HashMap<usize, u64>,
 }
 
 pub struct Assembler {
@@ -406,7 +400,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::build::pack::{pack, PackLimits};
-    use crate::site::unpack;
+    use crate::unpack::unpack;
     use rand::seq::SliceRandom;
     use rand::{Rng, SeedableRng};
     use std::io::Write;

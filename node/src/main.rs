@@ -17,6 +17,7 @@ mod poll;
 mod project_env;
 mod site;
 mod state;
+mod unpack;
 mod validate;
 mod worker;
 
