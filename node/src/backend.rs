@@ -41,6 +41,12 @@ fn internal(err: impl std::fmt::Display) -> ApiError {
     ApiError::internal(err.to_string())
 }
 
+/// A base directory from a request: relative, inside the repository.
+fn root_dir(dir: &str) -> Result<String, ApiError> {
+    crate::build::detect::check_dir("root_dir", dir)
+        .map_err(|e| ApiError::bad_request("invalid_root_dir", e.to_string()))
+}
+
 fn env_error(e: crate::project_env::EnvError) -> ApiError {
     use crate::project_env::EnvError;
     match e {
@@ -244,10 +250,7 @@ impl web::Backend for NodeBackend {
             .map(str::trim)
             .filter(|r| !r.is_empty())
         {
-            Some(r) => Some(
-                crate::build::detect::check_dir("root_dir", r)
-                    .map_err(|e| ApiError::bad_request("invalid_root_dir", e.to_string()))?,
-            ),
+            Some(r) => Some(root_dir(r)?),
             None => self
                 .state
                 .project(&name)
@@ -436,8 +439,7 @@ impl web::Backend for NodeBackend {
             };
         }
         if let Some(root) = req.root_dir {
-            let root = crate::build::detect::check_dir("root_dir", &root)
-                .map_err(|e| ApiError::bad_request("invalid_root_dir", e.to_string()))?;
+            let root = root_dir(&root)?;
             project.root_dir = (root != ".").then_some(root);
         }
         if let Some(secret) = req.webhook_secret {

@@ -91,47 +91,13 @@ impl Caches {
 
     /// Every entry, with its size and last use.
     fn entries(&self) -> Vec<Entry> {
-        let mut out = Vec::new();
         let Ok(projects) = std::fs::read_dir(&self.dir) else {
-            return out;
+            return Vec::new();
         };
-        for project in projects.flatten() {
-            let Ok(items) = std::fs::read_dir(project.path()) else {
-                continue;
-            };
-            for item in items.flatten() {
-                let path = item.path();
-                if path.extension().is_some_and(|e| e == "size") {
-                    continue;
-                }
-                let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-                    continue;
-                };
-                if name.starts_with("tmp-") {
-                    // A save that died half way.
-                    let _ = std::fs::remove_dir_all(&path);
-                    continue;
-                }
-                let bytes = std::fs::read_to_string(size_file(&path))
-                    .ok()
-                    .and_then(|s| s.trim().parse().ok())
-                    .unwrap_or(0);
-                let used = item
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .unwrap_or(SystemTime::UNIX_EPOCH);
-                out.push(Entry {
-                    generation: name
-                        .split_once('-')
-                        .and_then(|(g, _)| g.parse().ok())
-                        .unwrap_or(0),
-                    path,
-                    bytes,
-                    used,
-                });
-            }
-        }
-        out
+        projects
+            .flatten()
+            .flat_map(|project| entries_in(&project.path()))
+            .collect()
     }
 
     /// Evicts least recently used entries until the total fits.
@@ -150,6 +116,46 @@ impl Caches {
             total = total.saturating_sub(e.bytes);
         }
     }
+}
+
+/// The entries of one project's directory.
+fn entries_in(dir: &Path) -> Vec<Entry> {
+    let mut out = Vec::new();
+    let Ok(items) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for item in items.flatten() {
+        let path = item.path();
+        if path.extension().is_some_and(|e| e == "size") {
+            continue;
+        }
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if name.starts_with("tmp-") {
+            // A save that died half way.
+            let _ = std::fs::remove_dir_all(&path);
+            continue;
+        }
+        let bytes = std::fs::read_to_string(size_file(&path))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let used = item
+            .metadata()
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        out.push(Entry {
+            generation: name
+                .split_once('-')
+                .and_then(|(g, _)| g.parse().ok())
+                .unwrap_or(0),
+            path,
+            bytes,
+            used,
+        });
+    }
+    out
 }
 
 struct Entry {
@@ -191,12 +197,8 @@ impl Slot {
     /// This project's entries at the current generation, dropping older
     /// generations' (the cache was cleared since).
     fn current(&self) -> Vec<Entry> {
-        let dir = self.project_dir();
         let mut out = Vec::new();
-        for e in self.caches.entries() {
-            if e.path.parent() != Some(dir.as_path()) {
-                continue;
-            }
+        for e in entries_in(&self.project_dir()) {
             if e.generation == self.generation {
                 out.push(e);
             } else {

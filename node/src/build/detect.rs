@@ -133,7 +133,8 @@ struct BuildSection {
     network: bool,
 }
 
-fn at(root: &str, rel: &str) -> String {
+/// `rel` under the base directory `root` (".": the checkout's top).
+pub(crate) fn at(root: &str, rel: &str) -> String {
     match (root, rel) {
         (".", _) => rel.to_owned(),
         (_, ".") => root.to_owned(),

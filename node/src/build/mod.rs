@@ -329,9 +329,7 @@ pub async fn run(
     let mut warm_cache = false;
     if let (Some(slot), Some(key)) = (&job.cache, &key) {
         let (slot, key, dir) = (slot.clone(), key.clone(), cache_dir.clone());
-        let restored = tokio::task::spawn_blocking(move || slot.restore(&key, &dir))
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let restored = blocking(move || slot.restore(&key, &dir)).await?;
         match restored {
             Ok(r) => {
                 dlog.info(&r.to_string());
@@ -457,9 +455,7 @@ pub async fn run(
 
     let report = {
         let out = out_dir.clone();
-        tokio::task::spawn_blocking(move || links::check(&out))
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))?
+        blocking(move || links::check(&out)).await?
     };
     report.log(&log.step("check"));
 
@@ -470,9 +466,7 @@ pub async fn run(
         max_files: MAX_FILES,
         max_bytes: settings.max_site_bytes,
     };
-    let packed = tokio::task::spawn_blocking(move || pack::pack(&out, &zip, limits))
-        .await
-        .map_err(|e| std::io::Error::other(e.to_string()))??;
+    let packed = blocking(move || pack::pack(&out, &zip, limits)).await??;
     for skipped in &packed.skipped {
         plog.line(
             Level::Warn,
@@ -480,9 +474,7 @@ pub async fn run(
         );
     }
     let (store, zip) = (job.blocks.clone(), tmp_zip.clone());
-    let imported = tokio::task::spawn_blocking(move || store.import(&zip))
-        .await
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let imported = blocking(move || store.import(&zip)).await?;
     let _ = tokio::fs::remove_file(&tmp_zip).await;
     let (id, manifest) = imported.map_err(|e| std::io::Error::other(e.to_string()))?;
     let artifact = p2p::blocks::to_hex(&id);
@@ -495,9 +487,7 @@ pub async fn run(
     ));
     if let (Some(slot), Some(key)) = (&job.cache, &key) {
         let (slot, key, dir) = (slot.clone(), key.clone(), cache_dir.clone());
-        let saved = tokio::task::spawn_blocking(move || slot.save(&key, &dir))
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let saved = blocking(move || slot.save(&key, &dir)).await?;
         match saved {
             Ok(bytes) => plog.info(&format!(
                 "saved the build cache ({} MB)",
@@ -510,6 +500,13 @@ pub async fn run(
         commit: cloned.commit,
         artifact,
     })
+}
+
+/// Runs `f` on a blocking thread; a panic there becomes an I/O error.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))
 }
 
 /// Checks that the plan's tools are on this peer; a package manager that

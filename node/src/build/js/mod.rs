@@ -7,7 +7,7 @@
 mod frameworks;
 mod node;
 
-use super::detect::{Cmd, DetectError, Output, RepoFiles};
+use super::detect::{at, Cmd, DetectError, Output, RepoFiles};
 use frameworks::framework;
 pub use node::node_satisfies;
 use node::node_wanted;
@@ -158,14 +158,6 @@ impl JsPlan {
     /// Cache directories, as (variable, directory under the build cache).
     pub fn cache_env(&self) -> &'static [(&'static str, &'static str)] {
         self.pm.cache_env()
-    }
-}
-
-fn at(root: &str, rel: &str) -> String {
-    if root == "." {
-        rel.to_owned()
-    } else {
-        format!("{root}/{rel}")
     }
 }
 
