@@ -437,6 +437,24 @@ async fn an_npm_project_installs_and_builds_with_its_scripts() {
 /// A monorepo: the base directory comes from the deployment (API), else
 /// from the repository's shoal.toml; the project keeps it for its next
 /// deployments; one outside the repository is refused.
+/// Deploys `repo` as `name` built in base directory `root`; waits until
+/// it ends.
+async fn deploy_in(
+    peer: &Peer,
+    repo: &std::path::Path,
+    name: &str,
+    root: &str,
+) -> serde_json::Value {
+    let (status, body) = peer
+        .post_deployment(&json!({"repo_url": repo, "name": name, "root_dir": root}))
+        .await
+        .unwrap();
+    assert_eq!(status, 202, "{body}");
+    peer.wait_final(body["id"].as_str().unwrap(), BUILD)
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_base_directory_builds_one_app_of_a_monorepo() {
     let repo = Repo::new(&[
@@ -449,15 +467,7 @@ async fn a_base_directory_builds_one_app_of_a_monorepo() {
     ])
     .unwrap();
     let peer = Peer::start(&[]).await.unwrap();
-    let (status, body) = peer
-        .post_deployment(&json!({"repo_url": repo.path(), "name": "docs", "root_dir": "apps/docs"}))
-        .await
-        .unwrap();
-    assert_eq!(status, 202, "{body}");
-    let d = peer
-        .wait_final(body["id"].as_str().unwrap(), BUILD)
-        .await
-        .unwrap();
+    let d = deploy_in(&peer, repo.path(), "docs", "apps/docs").await;
     let log = peer.log_text(d["id"].as_str().unwrap()).await.unwrap();
     assert_eq!(d["status"], "success", "{log}");
     assert!(
@@ -477,15 +487,7 @@ async fn a_base_directory_builds_one_app_of_a_monorepo() {
     );
 
     // The base directory's own shoal.toml, its command run there.
-    let (status, body) = peer
-        .post_deployment(&json!({"repo_url": repo.path(), "name": "web", "root_dir": "apps/web"}))
-        .await
-        .unwrap();
-    assert_eq!(status, 202, "{body}");
-    let d = peer
-        .wait_final(body["id"].as_str().unwrap(), BUILD)
-        .await
-        .unwrap();
+    let d = deploy_in(&peer, repo.path(), "web", "apps/web").await;
     assert_eq!(d["status"], "success");
     let page = peer.site("web", "/").await.unwrap().text().await.unwrap();
     assert_eq!(page.trim(), "built in web");
@@ -499,17 +501,7 @@ async fn a_base_directory_builds_one_app_of_a_monorepo() {
         assert_eq!(status, 400, "{bad}: {body}");
         assert_eq!(body["error"], "invalid_root_dir", "{body}");
     }
-    let (status, body) = peer
-        .post_deployment(
-            &json!({"repo_url": repo.path(), "name": "missing", "root_dir": "apps/nope"}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(status, 202, "{body}");
-    let d = peer
-        .wait_final(body["id"].as_str().unwrap(), BUILD)
-        .await
-        .unwrap();
+    let d = deploy_in(&peer, repo.path(), "missing", "apps/nope").await;
     assert_eq!(d["status"], "buildFailed");
     assert_eq!(
         d["error"],
