@@ -127,7 +127,7 @@ async fn rollback_and_promote_switch_every_peer_without_a_rebuild() {
     }
     // Nothing was built again: three deployments, three builds (logs may
     // take a moment to reach peer 0 from the restarted peer).
-    wait_until(
+    let built = wait_until(
         "three builds in the logs",
         Duration::from_secs(10),
         || async {
@@ -139,8 +139,12 @@ async fn rollback_and_promote_switch_every_peer_without_a_rebuild() {
             (packs == 3).then_some(())
         },
     )
-    .await
-    .unwrap();
+    .await;
+    if let Err(e) = built {
+        // Say which: a build too many, or a log that has not arrived.
+        let logs = logs_of(&mesh.peers[0], [&v1, &v2, &v3]).await;
+        panic!("{e}:\n{}", logs.join("\n---\n"));
+    }
     let log = mesh.peers[0].log_text(&v1).await.unwrap();
     assert!(log.contains("rollback on peer"), "{log}");
 
